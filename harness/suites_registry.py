@@ -1,0 +1,53 @@
+"""Suite plugins: built-ins from `suites/` plus the `harness.suites` entry-point group."""
+
+import difflib
+import importlib
+from importlib.metadata import entry_points
+
+from .errors import HarnessError
+
+# name -> "module:Class" for built-in suites (imported lazily: some pull heavy deps)
+BUILTIN_SUITES = {
+    "reasoning": "suites.reasoning:ReasoningSuite",
+    "unicode": "suites.unicode:UnicodeSuite",
+    "fidelity": "suites.fidelity:FidelitySuite",
+    "speed": "suites.speed:SpeedSuite",
+    "mmlu": "suites.mmlu:MMLUSuite",
+    "humaneval": "suites.humaneval:HumanEvalSuite",
+    "mbpp": "suites.mbpp:MBPPSuite",
+}
+
+
+def _load(target: str):
+    module, attr = target.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def available_suites() -> dict:
+    """{name: suite class} of every installed suite that imports."""
+    out = {}
+    for name, target in BUILTIN_SUITES.items():
+        try:
+            out[name] = _load(target)
+        except (ImportError, AttributeError):
+            continue  # not shipped in this build
+    for ep in entry_points(group="harness.suites"):
+        try:
+            out[ep.name] = ep.load()
+        except Exception as e:
+            print(f"harness: warning: suite plugin {ep.name!r} failed to load: {e}")
+    return out
+
+
+def get_suite(name: str, **kwargs):
+    if name.startswith("lm-eval:"):
+        from suites.lm_eval_task import LMEvalSuite
+
+        return LMEvalSuite(task=name.split(":", 1)[1], **kwargs)
+    suites = available_suites()
+    if name not in suites:
+        close = difflib.get_close_matches(name, list(suites), n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise HarnessError(f"unknown suite {name!r}; {hint}`harness suites` lists the installed ones "
+                           "(or use lm-eval:TASK)")
+    return suites[name](**kwargs)
