@@ -39,15 +39,24 @@ def available_suites() -> dict:
     return out
 
 
+def suite_names() -> list:
+    return sorted(set(BUILTIN_SUITES) | {ep.name for ep in entry_points(group="harness.suites")})
+
+
 def get_suite(name: str, **kwargs):
     if name.startswith("lm-eval:"):
         from suites.lm_eval_task import LMEvalSuite
 
         return LMEvalSuite(task=name.split(":", 1)[1], **kwargs)
-    suites = available_suites()
-    if name not in suites:
-        close = difflib.get_close_matches(name, list(suites), n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise HarnessError(f"unknown suite {name!r}; {hint}`harness suites` lists the installed ones "
-                           "(or use lm-eval:TASK)")
-    return suites[name](**kwargs)
+    if name in BUILTIN_SUITES:
+        try:
+            return _load(BUILTIN_SUITES[name])(**kwargs)
+        except (ImportError, AttributeError) as e:
+            raise HarnessError(f"suite {name!r} failed to load ({e}); reinstall with `make setup`")
+    for ep in entry_points(group="harness.suites"):
+        if ep.name == name:
+            return ep.load()(**kwargs)
+    close = difflib.get_close_matches(name, suite_names(), n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise HarnessError(f"unknown suite {name!r}; {hint}`harness suites` lists the installed ones "
+                       "(or use lm-eval:TASK)")
