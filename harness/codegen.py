@@ -1,0 +1,392 @@
+"""Shared machinery of the code suites (humaneval, mbpp): greedy generation,
+code extraction, sandboxed scoring, pass@1.
+
+Prompt formats. With a chat template (the default when the tokenizer has one)
+the task is the user message and the answer is free text expected to hold a
+```python block. Without one (raw), the model continues a prompt: HumanEval's
+function signature + docstring, or MBPP's task ending in an opened ```python
+fence.
+
+Code extraction (`extract_code`), recorded per item as "<mode>:<method>":
+
+strict (default)
+  - chat answer: the first fenced block tagged python/py/python3 or untagged,
+    up to its closing fence or the end of the text ("fenced"); no block
+    -> no code ("none").
+  - prompt ending inside an opened fence: the text up to the first line
+    starting with ``` ("open-fence").
+  - prompt ending in a function body (HumanEval raw): the lines up to the
+    first non-blank line at column 0 ("body"), like the Codex stop
+    sequences "\\ndef", "\\nclass", "\\nif", "\\nprint", "\\n#".
+
+lenient (opt-in, labelled in every record), in addition
+  - chat answer without a python block: the first fenced block of any tag
+    ("fenced-any"), else unfenced code starting at the first line that
+    begins with def/class/import/from/@ ("unfenced");
+  - raw body: top-level def/class/import/from/@ blocks after the body
+    (helpers the body calls) are kept ("body+helpers");
+  - any method: trailing lines are dropped until the program parses
+    (prose after the code, a line cut by the token limit).
+
+Generation stops as soon as more text could not change the extraction (a
+closed block, the closing fence, the first top-level line), EOS, or
+max_tokens.
+"""
+
+import ast
+import hashlib
+import os
+import re
+import warnings
+from dataclasses import dataclass, fields
+from typing import Callable, Iterator, List, Optional
+
+from .errors import HarnessError
+from .stats import wilson_ci
+
+MODES = ("strict", "lenient")
+PYTHON_TAGS = {"", "python", "py", "python3"}
+FENCE_OPEN = re.compile(r"^[ \t]*```[ \t]*([\w+.-]*)[^`]*$")
+FENCE_LINE = re.compile(r"^[ \t]*```")
+CODE_START = re.compile(r"^(def |class |import |from |async def |@)")
+
+
+@dataclass
+class Extraction:
+    code: str
+    method: str  # fenced | fenced-any | open-fence | body | body+helpers | unfenced | none
+
+
+# ---------------------------------------------------------------- extraction
+
+
+def strip_thinking(text: str) -> str:
+    """Drop a reasoning model's <think>...</think> preamble."""
+    return text.split("</think>", 1)[1] if "</think>" in text else text
+
+
+def prompt_kind(prompt: Optional[str]) -> str:
+    """"chat" (free answer), "open-fence" (prompt ends inside ```), or "body"."""
+    if prompt is None:
+        return "chat"
+    fences = [line for line in prompt.split("\n") if FENCE_LINE.match(line)]
+    return "open-fence" if len(fences) % 2 == 1 else "body"
+
+
+def _fenced_blocks(text: str) -> list:
+    """[(tag, code, closed)] of the ``` blocks in text, in order."""
+    lines = text.split("\n")
+    blocks, i = [], 0
+    while i < len(lines):
+        m = FENCE_OPEN.match(lines[i])
+        if not m:
+            i += 1
+            continue
+        j = i + 1
+        while j < len(lines) and not FENCE_LINE.match(lines[j]):
+            j += 1
+        blocks.append((m.group(1).lower(), "\n".join(lines[i + 1 : j]), j < len(lines)))
+        i = j + 1
+    return blocks
+
+
+def _body_lines(lines: list, helpers: bool) -> list:
+    """Lines of a function body continuation: stop at the first column-0 line
+    (with helpers=True, column-0 def/class/import blocks are kept)."""
+    out = []
+    for line in lines:
+        top_level = line.strip() and not line[0].isspace()
+        if top_level and not (helpers and CODE_START.match(line)):
+            break
+        out.append(line)
+    return out
+
+
+def _parses(source: str) -> bool:
+    try:
+        ast.parse(source)
+        return True
+    except (SyntaxError, ValueError):
+        return False
+
+
+def _trim_to_parse(code: str, prefix: str = "") -> str:
+    """Drop trailing lines until prefix + code parses (lenient only)."""
+    lines = code.rstrip().split("\n")
+    while lines and not _parses(prefix + "\n".join(lines) + "\n"):
+        lines.pop()
+    return "\n".join(lines) if lines else code
+
+
+def extract_code(text: str, prompt: Optional[str] = None, mode: str = "strict") -> Extraction:
+    """The code in a completion; see the module docstring for the rules.
+
+    prompt: None for a chat answer, else the raw prompt the text continues.
+    """
+    if mode not in MODES:
+        raise HarnessError(f"unknown extraction mode {mode!r}; use strict or lenient")
+    lenient = mode == "lenient"
+    kind = prompt_kind(prompt)
+    if kind == "chat":
+        text = strip_thinking(text)
+        blocks = _fenced_blocks(text)
+        python = [b for b in blocks if b[0] in PYTHON_TAGS]
+        if python:
+            code = python[0][1]
+            return Extraction(_trim_to_parse(code) if lenient else code, "fenced")
+        if not lenient:
+            return Extraction("", "none")
+        if blocks:
+            return Extraction(_trim_to_parse(blocks[0][1]), "fenced-any")
+        lines = text.split("\n")
+        start = next((i for i, line in enumerate(lines) if CODE_START.match(line)), None)
+        if start is None:
+            return Extraction("", "none")
+        return Extraction(_trim_to_parse("\n".join(lines[start:])), "unfenced")
+    lines = text.split("\n")
+    if kind == "open-fence":
+        end = next((i for i, line in enumerate(lines) if FENCE_LINE.match(line)), len(lines))
+        code = "\n".join(lines[:end])
+        return Extraction(_trim_to_parse(code) if lenient else code, "open-fence")
+    body = "\n".join(_body_lines(lines, helpers=lenient))
+    if lenient:
+        return Extraction(_trim_to_parse(body, prompt), "body+helpers")
+    return Extraction(body, "body")
+
+
+def extraction_complete(text: str, prompt: Optional[str] = None, mode: str = "strict") -> bool:
+    """True once more generated text could not change `extract_code`'s result
+    (used to stop generation early)."""
+    kind = prompt_kind(prompt)
+    if kind == "chat":
+        if "<think>" in text and "</think>" not in text:
+            return False
+        return any(closed and tag in PYTHON_TAGS for tag, _, closed in _fenced_blocks(strip_thinking(text)))
+    lines = text.split("\n")
+    if kind == "open-fence":
+        return any(FENCE_LINE.match(line) for line in lines[:-1])  # a finished fence line
+    # A finished line at column 0 ends the body (with helpers: one that starts no helper).
+    return len(_body_lines(lines[:-1], helpers=mode == "lenient")) < len(lines) - 1
+
+
+# ---------------------------------------------------------------- generation
+
+
+def wants_chat_template(option: str, tokenizer) -> bool:
+    """option auto|on|off -> whether prompts go through the chat template."""
+    has = bool(getattr(tokenizer, "has_chat_template", False) or getattr(tokenizer, "chat_template", None))
+    if option == "on" and not has:
+        raise HarnessError("chat_template=on but this tokenizer has no chat template; use chat_template=off")
+    return option == "on" or (option == "auto" and has)
+
+
+def encode_prompt(tokenizer, prompt: str, chat: bool) -> List[int]:
+    if chat:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
+        return list(tokenizer.encode(text, add_special_tokens=False))
+    bos = getattr(tokenizer, "bos_token", None)
+    return list(tokenizer.encode(prompt, add_special_tokens=bos is None or not prompt.startswith(bos)))
+
+
+def generate_completions(
+    model,
+    tokenizer,
+    prompts: List[str],
+    max_tokens: int = 512,
+    use_chat_template: bool = False,
+    stop: Optional[Callable[[int, str], bool]] = None,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> List[str]:
+    """Greedy completions, batched with mlx-lm's BatchGenerator (continuous
+    batching, up to batch_size sequences at once).
+
+    stop(i, text) is checked after every token of prompt i; once True the
+    sequence ends (the text keeps what triggered it: extraction trims). EOS is
+    never part of the text. Batched greedy decoding can differ from one-at-a-time
+    decoding in rare near-ties (padding changes the float summation order);
+    batch_size=1 is exactly mlx_lm.generate's greedy output.
+    """
+    from mlx_lm.generate import BatchGenerator
+    from tqdm import tqdm
+
+    if not prompts:
+        return []
+    tokens = [encode_prompt(tokenizer, p, use_chat_template) for p in prompts]
+    gen = BatchGenerator(
+        model,
+        stop_tokens=[[t] for t in tokenizer.eos_token_ids],
+        completion_batch_size=batch_size,
+        prefill_batch_size=min(batch_size, 8),
+    )
+    uids = gen.insert(tokens, [max_tokens] * len(prompts))
+    index = dict(zip(uids, range(len(prompts))))
+    generated = {uid: [] for uid in uids}
+    active = set(uids)
+    bar = tqdm(total=len(prompts), desc="generate", disable=not progress)
+    try:
+        while active and (responses := gen.next_generated()):
+            finished = []
+            for r in responses:
+                if r.uid not in active:
+                    continue
+                if r.finish_reason != "stop":  # "stop" = EOS, not part of the text
+                    generated[r.uid].append(r.token)
+                if r.finish_reason is not None:
+                    active.discard(r.uid)
+                    bar.update(1)
+                elif stop is not None and stop(index[r.uid], tokenizer.decode(generated[r.uid])):
+                    finished.append(r.uid)
+            if finished:
+                gen.remove(finished)
+                active.difference_update(finished)
+                bar.update(len(finished))
+    finally:
+        gen.close()
+        bar.close()
+    return [tokenizer.decode(generated[uid]) for uid in uids]
+
+
+# ---------------------------------------------------------------- suite plumbing
+
+
+@dataclass(frozen=True)
+class CodeOptions:
+    chat_template: str = "auto"  # auto | on | off
+    extraction: str = "strict"  # strict | lenient
+    max_tokens: int = 512
+    batch_size: int = 8  # sequences decoded together
+    workers: int = 0  # parallel sandbox processes; 0 = os.cpu_count()
+    timeout: float = 10.0  # seconds per program (wall clock)
+    memory_mb: int = 1024  # address-space limit per program
+    source: str = "auto"  # auto (offline package if installed, else hub) | offline | hub
+
+
+CHOICES = {
+    "chat_template": ("auto", "on", "off"),
+    "extraction": MODES,
+    "source": ("auto", "offline", "hub"),
+}
+
+
+def parse_options(options: Optional[dict], suite: str) -> CodeOptions:
+    """CodeOptions from --opt key=value pairs (values may be strings)."""
+    options = dict(options or {})
+    known = {f.name: f.type for f in fields(CodeOptions)}
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise HarnessError(f"unknown {suite} option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+    kw = {}
+    for key, value in options.items():
+        if key in CHOICES:
+            if str(value) not in CHOICES[key]:
+                raise HarnessError(f"{suite} option {key}={value!r} is invalid; use one of: {', '.join(CHOICES[key])}")
+            kw[key] = str(value)
+            continue
+        cast = float if key == "timeout" else int
+        try:
+            kw[key] = cast(value)
+        except (TypeError, ValueError):
+            raise HarnessError(f"{suite} option {key}={value!r} is not a number; pass e.g. {key}=8")
+        if kw[key] < 0 or (kw[key] == 0 and key != "workers"):
+            raise HarnessError(f"{suite} option {key}={value!r} is out of range; use a positive number")
+    return CodeOptions(**kw)
+
+
+def subset(items: list, limit: Optional[int], seed: int = 0) -> list:
+    """A deterministic subset of `limit` items (a seeded shuffle's prefix, so a
+    larger limit keeps every item of a smaller one), in the original order."""
+    if limit is None or limit >= len(items):
+        return list(items)
+
+    def key(it):
+        return hashlib.sha256(f"{seed}|{it['id']}".encode()).hexdigest()
+
+    chosen = {it["id"] for it in sorted(items, key=key)[: max(limit, 0)]}
+    return [it for it in items if it["id"] in chosen]
+
+
+def run_code_items(
+    ctx,
+    items: list,
+    opts: CodeOptions,
+    build_prompt: Callable[[dict, bool], str],
+    build_program: Callable[[dict, str, bool], str],
+    suite_name: str = "code",
+) -> Iterator[dict]:
+    """Generate, extract and execute, `batch_size` items at a time; yields a record per item.
+
+    build_prompt(item, chat) -> prompt text; build_program(item, code, chat) -> program.
+    """
+    from .sandbox import run_many
+
+    from tqdm import tqdm
+
+    chat = wants_chat_template(opts.chat_template, ctx.tokenizer)
+    workers = opts.workers or os.cpu_count() or 1
+    bar = tqdm(total=len(items), desc=suite_name, unit="item", disable=not ctx.progress)
+    for start in range(0, len(items), opts.batch_size):
+        chunk = items[start : start + opts.batch_size]
+        prompts = [build_prompt(it, chat) for it in chunk]
+        continued = [None if chat else p for p in prompts]  # what extraction sees as the prompt
+
+        def stop(i, text):
+            return extraction_complete(text, continued[i], opts.extraction)
+
+        completions = generate_completions(
+            ctx.model, ctx.tokenizer, prompts, opts.max_tokens, chat, stop, opts.batch_size,
+            progress=False,
+        )
+        extractions = [extract_code(c, p, opts.extraction) for c, p in zip(completions, continued)]
+        programs = [build_program(it, ex.code, chat) for it, ex in zip(chunk, extractions)]
+        results = run_many(programs, workers=workers, timeout=opts.timeout, memory_mb=opts.memory_mb)
+        for it, completion, ex, program, res in zip(chunk, completions, extractions, programs, results):
+            record = {
+                "id": it["id"],
+                "completion": completion,
+                "code": ex.code,
+                "extraction": f"{opts.extraction}:{ex.method}",
+                "prompt_format": "chat" if chat else "raw",
+                "program_hash": hashlib.sha256(program.encode()).hexdigest()[:16],
+                "status": res.status,
+                "correct": res.passed,
+                "seconds": round(res.seconds, 3),
+            }
+            if not res.passed:
+                lines = [line for line in res.stderr_tail.strip().split("\n") if line.strip()]
+                record["error"] = (lines[-1] if lines else res.status)[:300]
+            bar.update(1)
+            yield record
+    bar.close()
+
+
+def summarize_records(records: list) -> dict:
+    """pass@1 (greedy: one sample per item) with a Wilson 95 % interval and counts."""
+    n = len(records)
+    k = sum(bool(r.get("correct")) for r in records)
+
+    def counts(key):
+        out: dict = {}
+        for r in records:
+            out[r.get(key, "?")] = out.get(r.get(key, "?"), 0) + 1
+        return dict(sorted(out.items()))
+
+    return {
+        "pass@1": k / n if n else 0.0,
+        "pass@1_ci95": list(wilson_ci(k, n)),
+        "n": n,
+        "passed": k,
+        "status_counts": counts("status"),
+        "extraction_counts": counts("extraction"),
+    }
+
+
+def warn_skipped(suite: str, skipped: dict, where: str) -> int:
+    """One warning naming how many rows were skipped and why; returns the count."""
+    total = sum(skipped.values())
+    if total:
+        detail = "; ".join(f"{n} {reason}" for reason, n in skipped.items())
+        warnings.warn(f"{suite}: skipped {total} malformed row(s) in {where} ({detail})", stacklevel=3)
+    return total

