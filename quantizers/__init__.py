@@ -4,7 +4,7 @@
 the `harness.recipes` entry-point group.
 """
 
-from . import keep_float, mlx_mixed, uniform
+from . import dynamic, keep_float, mlx_mixed, oq, uniform
 from .tiers import builtin_tier_recipes
 
 BUILTIN_RECIPES = {
@@ -12,4 +12,6 @@ BUILTIN_RECIPES = {
     **uniform.RECIPES,
     **mlx_mixed.RECIPES,
     **builtin_tier_recipes(),
+    **oq.RECIPES,
+    **dynamic.RECIPES,
 }

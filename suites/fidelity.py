@@ -1,0 +1,695 @@
+"""fidelity: how far the model's next-token distributions are from the float reference.
+
+On a held-out text corpus (harness/corpus.py: BoolQ's Wikipedia paragraphs
+offline, wikitext online, or a local file) cut into windows of `seq_len` tokens,
+each window is one forward pass; every position but the last predicts the next
+token. Reported in llama.cpp's `perplexity --kl-divergence` layout:
+
+  ppl ± err         exp(mean NLL), err by the delta method (ppl * sd / sqrt(n-1))
+  ref_ppl, delta_ppl, ppl_ratio, ln_ppl_ratio, ppl_cor   the float model's own
+                    perplexity on the same tokens and the paired comparisons
+  kld_*             KL(P_ref || P_model) per token: mean ± err, median, p90, p95,
+                    p99, p99.9, max (percentiles over ALL tokens, exact)
+  top1_agreement    share of tokens whose argmax equals the reference's ("Same top p")
+  rms_dp            RMS of p_model(target) - p_ref(target) (llama.cpp's "RMS Δp")
+
+Reference logits are computed once per (reference weights, window tokens,
+min_logp, kernels, device/BLAS) and cached under ctx.cache_dir, one .npz per
+window: for every position the tokens the reference gives log p >= min_logp
+(default -12, always including the argmax) as id + fp32 log-prob, the log of
+the remaining tail mass, the target NLL and the argmax. KL is computed with the
+tail lumped into one outcome:
+
+  KL_S = sum_{i in S} p_i log(p_i / q_i) + P_tail log(P_tail / Q_tail)
+
+Lumping outcomes never increases a KL divergence (log-sum inequality), so KL_S
+is a lower bound of the full-vocabulary KL. Measured gap, SmolLM2-135M (49,152
+tokens), 16 x 512 BoolQ tokens, q4 g64 (KL 0.453) / q8 (KL 0.00294):
+
+  min_logp   mean KL      p99 KL       cache/window   scoring/window
+  top-64     -17.3 %      -9.3 %       0.3 MB         (a fixed top-k misses the fat tail)
+  -10        -4.5/-4.9 %  -3.8/-2.5 %  1.5 MB         140 ms
+  -12        -1.5/-1.6 %  -1.3/-0.5 %  5.0 MB         165 ms   (default)
+  -14        -0.4 %       -0.4/-0.2 %  13.5 MB        260 ms
+  -16        -0.09 %      -0.08/-0.03 % 30 MB         510 ms   (llama.cpp's e^-16 floor)
+
+tests/test_fidelity.py checks the bound and its shrinking on the synthetic model.
+
+A model compared with itself gives KL exactly 0 and top-1 agreement exactly 1:
+the test pass recomputes the same quantities with the same code from bitwise
+identical logits (windows are always run in the same batches, see batch_size).
+
+Speed on CPU: the forward runs in fp32 with matmuls on OpenBLAS; MLX's CPU exp
+is scalar (~20x slower than numpy's SIMD exp) and the attention softmax and
+SiLU dominate what is left, so on CPU those run in numpy (`kernels=mlx` turns
+this off; outputs agree to ~1e-6). Per-token statistics are computed in numpy
+on one window's logits at a time, in place, with a single log-softmax, in a
+worker thread that overlaps the next window's forward.
+
+Options (--opt key=value): corpus (boolq|wikitext|PATH), seq_len (512),
+num_windows (64; --limit caps it), windowing (concat|mlx_lm), window_seed (123),
+min_logp (-12), batch_size (1), kernels (auto|mlx|numpy).
+"""
+
+import base64
+import json
+import math
+import os
+import tempfile
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator, Optional
+
+import mlx.core as mx
+import numpy as np
+from tqdm import tqdm
+
+from harness.blas import openblas_loaded
+from harness.corpus import WINDOWINGS, CorpusSpec, Windows, load_windows, windows_sha256
+from harness.errors import HarnessError
+from harness.stats import wilson_ci
+
+CACHE_FORMAT = 2
+ENTRY_KEYS = ("ids", "logp", "row_ptr", "log_tail", "nll", "top1")
+FLT_TINY = np.float32(np.finfo(np.float32).tiny)
+KLD_PERCENTILES = (("p999", 99.9), ("p99", 99.0), ("p95", 95.0), ("p90", 90.0),
+                   ("p10", 10.0), ("p5", 5.0), ("p1", 1.0), ("p01", 0.1))
+DP_PERCENTILES = (("p999", 99.9), ("p99", 99.0), ("p95", 95.0), ("p90", 90.0), ("p75", 75.0),
+                  ("p25", 25.0), ("p10", 10.0), ("p5", 5.0), ("p1", 1.0), ("p01", 0.1))
+SUM_KEYS = ("sum_nll", "sum_nll2", "sum_nll_ref", "sum_nll_ref2", "sum_nll_nll_ref",
+            "sum_kld", "sum_kld2", "sum_dp", "sum_dp2", "sum_dp4")
+
+
+# ---------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class FidelityOptions:
+    corpus: str = "boolq"
+    seq_len: int = 512
+    num_windows: int = 64  # -1: every full window of the corpus
+    windowing: str = "concat"
+    window_seed: int = 123
+    min_logp: float = -12.0  # reference entries kept per position: log p >= this
+    batch_size: int = 1
+    kernels: str = "auto"  # auto: numpy softmax/SwiGLU on CPU, MLX on GPU
+
+
+def parse_options(options: Optional[dict]) -> FidelityOptions:
+    """FidelityOptions from --opt pairs; keys other suites use are ignored (options are shared)."""
+    known = {f.name: f for f in fields(FidelityOptions)}
+    values = {}
+    for key, value in (options or {}).items():
+        if key not in known:
+            continue
+        kind = known[key].type
+        if kind in (int, "int", float, "float"):
+            try:
+                value = (int if kind in (int, "int") else float)(value)
+            except (TypeError, ValueError):
+                raise HarnessError(f"--opt {key}={value!r} must be a number")
+        else:
+            value = str(value)
+        values[key] = value
+    opts = FidelityOptions(**values)
+    if opts.windowing not in WINDOWINGS:
+        raise HarnessError(f"--opt windowing={opts.windowing!r}: use one of {', '.join(WINDOWINGS)}")
+    if opts.kernels not in ("auto", "mlx", "numpy"):
+        raise HarnessError(f"--opt kernels={opts.kernels!r}: use auto, mlx or numpy")
+    if opts.batch_size < 1 or not opts.min_logp < 0:
+        raise HarnessError("--opt batch_size must be a positive integer and min_logp negative (e.g. -12)")
+    return opts
+
+
+def corpus_spec(opts: FidelityOptions, limit: Optional[int] = None) -> CorpusSpec:
+    n = None if opts.num_windows < 0 else opts.num_windows
+    if limit:
+        n = min(n, limit) if n else limit  # windows are prefix-stable: fewer = the first ones
+    return CorpusSpec(source=opts.corpus, seq_len=opts.seq_len, num_windows=n,
+                      windowing=opts.windowing, seed=opts.window_seed)
+
+
+# ---------------------------------------------------------------- fast CPU kernels
+
+
+ATTENTION_BLOCK = 128  # query rows per block: causal blocks skip the keys they cannot see
+
+
+@lru_cache(maxsize=8)
+def _future(n: int) -> tuple:
+    return np.triu_indices(n, 1)
+
+
+def _softmax_rows(s: np.ndarray) -> np.ndarray:
+    """In-place softmax over the last axis (rows hold -inf where masked)."""
+    s -= s.max(axis=-1, keepdims=True)
+    # Probabilities below ~1e-38 are subnormal in fp32 and subnormals make the next
+    # GEMM crawl; weights under exp(-70) ~ 4e-31 vanish in any sum anyway: use 0.
+    np.copyto(s, -np.inf, where=s < -70.0)
+    np.exp(s, out=s)
+    s /= s.sum(axis=-1, keepdims=True)
+    return s
+
+
+def _numpy_sdpa(native):
+    """mx.fast.scaled_dot_product_attention with the softmax done in numpy.
+
+    Both matmuls stay in MLX (BLAS). Causal attention is computed in blocks of
+    query rows that only see the keys up to their last position (~40 % less work
+    at 512 tokens). Only the multi-token causal/unmasked case without sinks is
+    handled here (every forward of this suite); anything else goes to `native`.
+    """
+
+    def sdpa(q, k, v, scale, mask=None, sinks=None, **kwargs):
+        if (sinks is not None or kwargs or q.shape[2] == 1 or q.dtype != mx.float32
+                or not (mask is None or (isinstance(mask, str) and mask == "causal"))):
+            return native(q, k, v, scale=scale, mask=mask, sinks=sinks, **kwargs)
+        B, H, L, D = q.shape
+        KV, S = k.shape[1], k.shape[2]
+        r = H // KV  # grouped-query attention: r query heads share a kv head
+        offset = S - L  # keys before the first query (a KV cache prefix)
+        qs = (q * scale).reshape(B, KV, r, L, D)
+        v = mx.contiguous(v)
+        outs = []
+        for a in range(0, L, ATTENTION_BLOCK):
+            b = min(a + ATTENTION_BLOCK, L)
+            end = offset + b if mask == "causal" else S  # keys visible to this block
+            scores = qs[:, :, :, a:b].reshape(B, KV, r * (b - a), D) @ k[:, :, :end].swapaxes(-1, -2)
+            s = np.array(scores, dtype=np.float32).reshape(B, KV, r, b - a, end)
+            if mask == "causal":
+                rows, cols = _future(b - a)  # the block's own keys: mask the future ones
+                s[..., rows, offset + a + cols] = -np.inf
+            p = mx.array(_softmax_rows(s)).reshape(B, KV, r * (b - a), end)
+            outs.append((p @ v[:, :, :end]).reshape(B, KV, r, b - a, -1))
+        return mx.concatenate(outs, axis=3).reshape(B, H, L, -1)
+
+    return sdpa
+
+
+def _numpy_swiglu(native):
+    """mlx-lm's swiglu (silu(gate) * x) with the sigmoid's exp done in numpy."""
+
+    def swiglu(gate, x):
+        if gate.dtype != mx.float32 or gate.size < 4096:
+            return native(gate, x)
+        a = np.array(gate, dtype=np.float32)
+        e = np.negative(a)
+        np.exp(e, out=e)
+        e += 1.0
+        np.divide(a, e, out=a)
+        a *= np.asarray(x, dtype=np.float32)
+        return mx.array(a)
+
+    return swiglu
+
+
+def kernels_kind(opts: "FidelityOptions") -> str:
+    if opts.kernels == "auto":
+        return "mlx" if mx.default_device() == mx.gpu else "numpy"
+    return opts.kernels
+
+
+@contextmanager
+def cpu_kernels(kind: str):
+    """Within the block, mlx-lm models run attention softmax and SwiGLU in numpy
+    (kind="numpy"); kind="mlx" changes nothing.
+
+    Why: MLX's CPU exp is scalar, ~20x slower than numpy's SIMD exp, and the
+    attention softmax and SiLU are most of a CPU forward pass once matmuls run on
+    OpenBLAS. Outputs agree with MLX's kernels to ~1e-6. Patched: the
+    mx.fast.scaled_dot_product_attention attribute (mlx-lm looks it up per call)
+    and the `swiglu` name in every loaded mlx_lm.models module; restored on exit.
+    """
+    if kind != "numpy":
+        yield
+        return
+    import sys
+
+    from mlx_lm.models import activations
+
+    native_sdpa, native_swiglu = mx.fast.scaled_dot_product_attention, activations.swiglu
+    fast_swiglu = _numpy_swiglu(native_swiglu)
+    patched = [m for name, m in list(sys.modules.items())
+               if name.startswith("mlx_lm.models.") and getattr(m, "swiglu", None) is native_swiglu]
+    mx.fast.scaled_dot_product_attention = _numpy_sdpa(native_sdpa)
+    for m in patched:
+        m.swiglu = fast_swiglu
+    try:
+        yield
+    finally:
+        mx.fast.scaled_dot_product_attention = native_sdpa
+        for m in patched:
+            m.swiglu = native_swiglu
+
+
+# ---------------------------------------------------------------- per-token math
+
+
+def _lumped_log_probs(logits: np.ndarray, targets: np.ndarray, rows: np.ndarray, ids: np.ndarray,
+                      row_max: np.ndarray):
+    """log-probs of the kept (rows, ids) entries, log of each row's remaining
+    (tail) mass, and the target NLL, from one window's fp32 logits (T, V).
+    Overwrites `logits`.
+
+    One log-softmax: the tail sum is exp(logits - max) with the kept entries
+    masked out, the head sum comes from the gathered kept logits.
+    """
+    T = len(logits)
+    target_logit = logits[np.arange(T), targets].astype(np.float64)
+    head_logits = logits[rows, ids].astype(np.float64)
+    logits[rows, ids] = -np.inf
+    logits -= row_max[:, None]
+    np.exp(logits, out=logits)
+    tail = logits.sum(axis=-1, dtype=np.float64)
+    m = row_max.astype(np.float64)
+    head = np.bincount(rows, weights=np.exp(head_logits - m[rows]), minlength=T)
+    lse = m + np.log(head + tail)
+    log_head = (head_logits - lse[rows]).astype(np.float32)
+    log_tail = (np.log(np.maximum(tail, FLT_TINY)) + m - lse).astype(np.float32)
+    nll = (lse - target_logit).astype(np.float32)
+    return log_head, log_tail, nll
+
+
+def entry_rows(ref: dict) -> np.ndarray:
+    """Row (position) of every kept entry, from the CSR row pointer."""
+    return np.repeat(np.arange(len(ref["row_ptr"]) - 1), np.diff(ref["row_ptr"]))
+
+
+def reference_entries(logits: np.ndarray, targets: np.ndarray, min_logp: float) -> dict:
+    """What the cache keeps of one reference window (CSR layout, row-major): every
+    token with log p >= min_logp (and always the argmax) as id + fp32 log-prob,
+    each row's lumped tail mass, the target NLL and the argmax. Overwrites logits."""
+    T, V = logits.shape
+    top1 = logits.argmax(axis=-1)
+    row_max = logits[np.arange(T), top1]
+    shifted = logits - row_max[:, None]
+    np.exp(shifted, out=shifted)
+    lse = row_max.astype(np.float64) + np.log(shifted.sum(axis=-1, dtype=np.float64))
+    del shifted
+    cut = np.minimum(lse + min_logp, row_max).astype(np.float32)  # the argmax always qualifies
+    rows, ids = np.nonzero(logits >= cut[:, None])
+    log_head, log_tail, nll = _lumped_log_probs(logits, targets, rows, ids, row_max)
+    row_ptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=T))]).astype(np.int64)
+    return {"ids": ids.astype(np.uint16 if V <= 1 << 16 else np.int32), "logp": log_head, "row_ptr": row_ptr,
+            "log_tail": log_tail, "nll": nll, "top1": top1.astype(np.int32)}
+
+
+def compare_to_reference(logits: np.ndarray, targets: np.ndarray, ref: dict) -> dict:
+    """Per-token NLL, KL (tail lumped), same-top-1 and Δp of one window. Overwrites logits."""
+    T = len(logits)
+    top1 = logits.argmax(axis=-1)
+    row_max = logits[np.arange(T), top1]
+    rows = entry_rows(ref)
+    logq, logq_tail, nll = _lumped_log_probs(logits, targets, rows, ref["ids"], row_max)
+    logp = ref["logp"].astype(np.float64)
+    kld = np.bincount(rows, weights=np.exp(logp) * (logp - logq), minlength=T)
+    log_tail = ref["log_tail"].astype(np.float64)
+    kld += np.exp(log_tail) * (log_tail - logq_tail)
+    dp = np.exp(-nll.astype(np.float64)) - np.exp(-ref["nll"].astype(np.float64))
+    return {
+        "nll": nll,
+        "kld": kld.astype(np.float32),
+        "same_top": top1 == ref["top1"],
+        "dp": dp.astype(np.float32),
+    }
+
+
+def score_window(window: int, logits: np.ndarray, targets: np.ndarray, ref: Optional[dict], min_logp: float):
+    """(record, reference entry, whether the entry was computed here) for one window.
+    ref=None: the model is its own reference; its entry comes from these logits."""
+    computed = ref is None
+    if computed:
+        ref = reference_entries(logits.copy(), targets, min_logp)
+    if logits.shape[-1] <= int(ref["ids"].max()):
+        raise HarnessError(
+            f"the model's vocabulary ({logits.shape[-1]}) is smaller than the reference's; "
+            "compare models that share a tokenizer"
+        )
+    return window_record(window, compare_to_reference(logits, targets, ref), ref["nll"]), ref, computed
+
+
+def window_record(window: int, cmp: dict, ref_nll: np.ndarray) -> dict:
+    """One window's record: sufficient statistics (float64 sums of the float32
+    per-token values) plus every per-token KL and Δp, so any resumed split of
+    the windows aggregates to exactly the same summary."""
+    nll = cmp["nll"].astype(np.float64)
+    nll_ref = ref_nll.astype(np.float64)
+    kld = cmp["kld"].astype(np.float64)
+    dp = cmp["dp"].astype(np.float64)
+    n = len(nll)
+    return {
+        "id": str(window),
+        "window": window,
+        "n": n,
+        "ppl": math.exp(nll.mean()),
+        "ref_ppl": math.exp(nll_ref.mean()),
+        "kld_mean": float(kld.mean()),
+        "top1_agreement": float(cmp["same_top"].mean()),
+        "n_same_top": int(cmp["same_top"].sum()),
+        "sum_nll": float(nll.sum()),
+        "sum_nll2": float((nll * nll).sum()),
+        "sum_nll_ref": float(nll_ref.sum()),
+        "sum_nll_ref2": float((nll_ref * nll_ref).sum()),
+        "sum_nll_nll_ref": float((nll * nll_ref).sum()),
+        "sum_kld": float(kld.sum()),
+        "sum_kld2": float((kld * kld).sum()),
+        "sum_dp": float(dp.sum()),
+        "sum_dp2": float((dp * dp).sum()),
+        "sum_dp4": float((dp**4).sum()),
+        "kld_f32": encode_f32(cmp["kld"]),
+        "dp_f32": encode_f32(cmp["dp"]),
+    }
+
+
+def encode_f32(values: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(values, dtype="<f4").tobytes()).decode("ascii")
+
+
+def decode_f32(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype="<f4")
+
+
+# ---------------------------------------------------------------- summary
+
+
+def mean_and_err(total: float, total2: float, n: int) -> tuple[float, float]:
+    """llama.cpp's mean_and_uncertainty: mean and its standard error."""
+    if n < 1:
+        return 0.0, 0.0
+    f = total / n
+    var = total2 / n - f * f
+    return f, (math.sqrt(var / (n - 1)) if var > 0 and n > 10 else 0.0)
+
+
+def summarize_records(records: list) -> dict:
+    """Every summary number from window records, independent of their order."""
+    records = sorted(records, key=lambda r: r["window"])
+    if not records:
+        return {"n": 0, "n_windows": 0}
+    n = sum(r["n"] for r in records)
+    s = {k: math.fsum(r[k] for r in records) for k in SUM_KEYS}
+    same_top = sum(r["n_same_top"] for r in records)
+    kld = np.concatenate([decode_f32(r["kld_f32"]) for r in records]).astype(np.float64)
+    dp = np.concatenate([decode_f32(r["dp_f32"]) for r in records]).astype(np.float64)
+
+    log_ppl, log_ppl_err = mean_and_err(s["sum_nll"], s["sum_nll2"], n)
+    log_ref, log_ref_err = mean_and_err(s["sum_nll_ref"], s["sum_nll_ref2"], n)
+    cov = 0.0
+    if n >= 10:
+        cov = (s["sum_nll_nll_ref"] / n - (s["sum_nll"] / n) * (s["sum_nll_ref"] / n)) / (n - 1)
+    ppl, ref_ppl = math.exp(log_ppl), math.exp(log_ref)
+    ppl_err, ref_ppl_err = ppl * log_ppl_err, ref_ppl * log_ref_err
+    ln_ratio = log_ppl - log_ref
+    ln_ratio_err = math.sqrt(max(log_ppl_err**2 + log_ref_err**2 - 2 * cov, 0.0))
+    delta_err = math.sqrt(max(ppl_err**2 + ref_ppl_err**2 - 2 * ppl * ref_ppl * cov, 0.0))
+    cor = cov / (log_ppl_err * log_ref_err) if log_ppl_err > 0 and log_ref_err > 0 else 1.0
+    kld_mean, kld_err = mean_and_err(s["sum_kld"], s["sum_kld2"], n)
+    dp_mean, dp_mean_err = mean_and_err(s["sum_dp"], s["sum_dp2"], n)
+    mse, mse_err = mean_and_err(s["sum_dp2"], s["sum_dp4"], n)
+    rms_dp = math.sqrt(mse)
+    top1 = same_top / n
+
+    out = {
+        # the headline numbers first (the run summary prints the first few)
+        "ppl": ppl,
+        "ref_ppl": ref_ppl,
+        "delta_ppl": ppl - ref_ppl,
+        "kld_mean": kld_mean,
+        "kld_p99": float(np.percentile(kld, 99.0)),
+        "top1_agreement": top1,
+        "rms_dp": rms_dp,
+        "n": n,
+        "n_windows": len(records),
+        "ppl_err": ppl_err,
+        "ref_ppl_err": ref_ppl_err,
+        "delta_ppl_err": delta_err,
+        "ppl_ratio": math.exp(ln_ratio),
+        "ppl_ratio_err": math.exp(ln_ratio) * ln_ratio_err,
+        "ln_ppl_ratio": ln_ratio,
+        "ln_ppl_ratio_err": ln_ratio_err,
+        "ppl_cor": cor,
+        "kld_err": kld_err,
+        "kld_median": float(np.median(kld)),
+        "kld_max": float(kld.max()),
+        "kld_min": float(kld.min()),
+        **{f"kld_{name}": float(np.percentile(kld, q)) for name, q in KLD_PERCENTILES},
+        "top1_agreement_err": math.sqrt(top1 * (1 - top1) / (n - 1)) if n > 1 else 0.0,
+        "top1_agreement_ci95": list(wilson_ci(same_top, n)),
+        "rms_dp_err": 0.5 / rms_dp * mse_err if rms_dp > 0 else 0.0,
+        "dp_mean": dp_mean,
+        "dp_mean_err": dp_mean_err,
+        "dp_median": float(np.median(dp)),
+        "dp_max": float(dp.max()),
+        "dp_min": float(dp.min()),
+        **{f"dp_{name}": float(np.percentile(dp, q)) for name, q in DP_PERCENTILES},
+    }
+    out["table"] = format_llama_cpp(out)
+    return out
+
+
+def format_llama_cpp(s: dict) -> str:
+    """The summary as llama.cpp `perplexity --kl-divergence` prints it."""
+    pct = lambda v: 100.0 * v  # noqa: E731
+    lines = [
+        "====== Perplexity statistics ======",
+        f"Mean PPL(Q)                   : {s['ppl']:10.6f} ± {s['ppl_err']:10.6f}",
+        f"Mean PPL(base)                : {s['ref_ppl']:10.6f} ± {s['ref_ppl_err']:10.6f}",
+        f"Cor(ln(PPL(Q)), ln(PPL(base))): {pct(s['ppl_cor']):6.2f}%",
+        f"Mean ln(PPL(Q)/PPL(base))     : {s['ln_ppl_ratio']:10.6f} ± {s['ln_ppl_ratio_err']:10.6f}",
+        f"Mean PPL(Q)/PPL(base)         : {s['ppl_ratio']:10.6f} ± {s['ppl_ratio_err']:10.6f}",
+        f"Mean PPL(Q)-PPL(base)         : {s['delta_ppl']:10.6f} ± {s['delta_ppl_err']:10.6f}",
+        "",
+        "====== KL divergence statistics ======",
+        f"Mean    KLD: {s['kld_mean']:10.6f} ± {s['kld_err']:10.6f}",
+        f"Maximum KLD: {s['kld_max']:10.6f}",
+        f"99.9%   KLD: {s['kld_p999']:10.6f}",
+        f"99.0%   KLD: {s['kld_p99']:10.6f}",
+        f"95.0%   KLD: {s['kld_p95']:10.6f}",
+        f"90.0%   KLD: {s['kld_p90']:10.6f}",
+        f"Median  KLD: {s['kld_median']:10.6f}",
+        f"10.0%   KLD: {s['kld_p10']:10.6f}",
+        f" 5.0%   KLD: {s['kld_p5']:10.6f}",
+        f" 1.0%   KLD: {s['kld_p1']:10.6f}",
+        f" 0.1%   KLD: {s['kld_p01']:10.6f}",
+        f"Minimum KLD: {s['kld_min']:10.6f}",
+        "",
+        "====== Token probability statistics ======",
+        f"Mean    Δp: {pct(s['dp_mean']):6.3f} ± {pct(s['dp_mean_err']):5.3f} %",
+        f"Maximum Δp: {pct(s['dp_max']):6.3f}%",
+        f"99.9%   Δp: {pct(s['dp_p999']):6.3f}%",
+        f"99.0%   Δp: {pct(s['dp_p99']):6.3f}%",
+        f"95.0%   Δp: {pct(s['dp_p95']):6.3f}%",
+        f"90.0%   Δp: {pct(s['dp_p90']):6.3f}%",
+        f"75.0%   Δp: {pct(s['dp_p75']):6.3f}%",
+        f"Median  Δp: {pct(s['dp_median']):6.3f}%",
+        f"25.0%   Δp: {pct(s['dp_p25']):6.3f}%",
+        f"10.0%   Δp: {pct(s['dp_p10']):6.3f}%",
+        f" 5.0%   Δp: {pct(s['dp_p5']):6.3f}%",
+        f" 1.0%   Δp: {pct(s['dp_p1']):6.3f}%",
+        f" 0.1%   Δp: {pct(s['dp_p01']):6.3f}%",
+        f"Minimum Δp: {pct(s['dp_min']):6.3f}%",
+        f"RMS Δp    : {pct(s['rms_dp']):6.3f} ± {pct(s['rms_dp_err']):5.3f} %",
+        f"Same top p: {pct(s['top1_agreement']):6.3f} ± {pct(s['top1_agreement_err']):5.3f} %",
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- forward passes
+
+
+def window_logits(model, tokens: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """(row, fp32 logits (T, V) as a writable numpy array) for a batch of windows."""
+    logits = model(mx.array(tokens[:, :-1])).astype(mx.float32)
+    mx.eval(logits)
+    for b in range(len(tokens)):
+        yield b, np.array(logits[b])
+
+
+def fixed_batches(n_windows: int, size: int, wanted) -> list:
+    """Batches of window indices [0, size), [size, 2 size), ... that hold a wanted
+    window. Always the same batches, so a window meets the same batch-mates (and
+    gets bitwise the same logits) whatever subset a resumed run asks for."""
+    wanted = set(wanted)
+    out = []
+    for start in range(0, n_windows, size):
+        batch = list(range(start, min(start + size, n_windows)))
+        if wanted.intersection(batch):
+            out.append(batch)
+    return out
+
+
+class ReferenceCache:
+    """Per-window reference entries on disk (one .npz per window), memoised in memory."""
+
+    def __init__(self, directory: Optional[Path]):
+        self.directory = Path(directory) if directory else None
+        self.memo: dict = {}
+
+    def _path(self, name: str) -> Optional[Path]:
+        return self.directory / f"{name}.npz" if self.directory else None
+
+    def get(self, name: str) -> Optional[dict]:
+        if name in self.memo:
+            return self.memo[name]
+        path = self._path(name)
+        if path is None or not path.is_file():
+            return None
+        try:
+            with np.load(path) as z:
+                entry = {k: z[k] for k in ENTRY_KEYS}
+        except (OSError, ValueError, KeyError, EOFError):
+            return None  # a damaged cache file is recomputed, never trusted
+        self.memo[name] = entry
+        return entry
+
+    def put(self, name: str, entry: dict) -> None:
+        self.memo[name] = entry
+        path = self._path(name)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.tmp-", suffix=".npz", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **entry)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _same_path(a, b) -> bool:
+    return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
+
+
+class FidelitySuite:
+    name = "fidelity"
+    description = "perplexity, KL divergence, top-1 agreement and RMS Δp vs the float reference (llama.cpp layout)"
+    version = "1"
+    needs_reference = True
+    exec_mode = None
+
+    def __init__(self):
+        self._windows: dict = {}
+        self._caches: dict = {}
+
+    # -- data
+
+    def windows(self, ctx) -> tuple[FidelityOptions, Windows]:
+        opts = parse_options(ctx.options)
+        spec = corpus_spec(opts, ctx.limit)
+        key = (id(ctx.tokenizer), spec)
+        if key not in self._windows:  # keep the tokenizer alive so its id stays unique
+            self._windows[key] = (ctx.tokenizer, load_windows(ctx.tokenizer, spec))
+        return opts, self._windows[key][1]
+
+    def items(self, ctx) -> list:
+        _, w = self.windows(ctx)
+        return [{"id": str(i), "window": i} for i in range(len(w.tokens))]
+
+    def data_info(self, ctx) -> dict:
+        opts, w = self.windows(ctx)
+        return {"source": w.source, "sha256": w.sha256, "texts_sha256": w.texts_sha256,
+                "seq_len": opts.seq_len, "num_windows": int(len(w.tokens)), "windowing": opts.windowing,
+                "min_logp": opts.min_logp, "texts_used": w.texts_used, "kernels": kernels_kind(opts)}
+
+    # -- reference
+
+    def reference_cache(self, ctx, opts: FidelityOptions) -> ReferenceCache:
+        ident = {
+            "format": CACHE_FORMAT,
+            "reference": _reference_fingerprint(ctx.reference_path),
+            "min_logp": opts.min_logp,
+            "batch_size": opts.batch_size,
+            "kernels": kernels_kind(opts),
+            "device": str(mx.default_device()),
+            "openblas": openblas_loaded(),
+        }
+        key = json.dumps(ident, sort_keys=True)
+        if key not in self._caches:
+            directory = None
+            if ctx.cache_dir is not None and ident["reference"] is not None:
+                from harness.cache import sha256_bytes
+
+                directory = Path(ctx.cache_dir) / "fidelity-reference" / sha256_bytes(key.encode())[:16]
+            self._caches[key] = ReferenceCache(directory)
+        return self._caches[key]
+
+    @staticmethod
+    def _entry_name(w: Windows, i: int) -> str:
+        return f"{i:05d}-{windows_sha256(w.tokens[i])[:16]}"
+
+    def ensure_reference(self, ctx, opts, w: Windows, wanted: list, cache: ReferenceCache) -> dict:
+        """{window: reference entry}, computing the missing ones with the reference model."""
+        names = {i: self._entry_name(w, i) for i in wanted}
+        entries = {i: cache.get(names[i]) for i in wanted}
+        missing = [i for i in wanted if entries[i] is None]
+        if missing:
+            ref_model = ctx.reference()[0]
+            bar = tqdm(total=len(missing), desc="fidelity: reference logits", unit="win",
+                       disable=not ctx.progress)
+            with cpu_kernels(kernels_kind(opts)):
+                for batch in fixed_batches(len(w.tokens), opts.batch_size, missing):
+                    toks = w.tokens[batch]
+                    for b, logits in window_logits(ref_model, toks):
+                        i = batch[b]
+                        if entries.get(i, True) is not None:
+                            continue  # not wanted, or already cached
+                        entries[i] = reference_entries(logits, toks[b, 1:], opts.min_logp)
+                        cache.put(names[i], entries[i])
+                        bar.update(1)
+            bar.close()
+        return entries
+
+    # -- protocol
+
+    def run(self, ctx, items: list) -> Iterator[dict]:
+        opts, w = self.windows(ctx)
+        wanted = sorted(int(it["window"]) for it in items)
+        cache = self.reference_cache(ctx, opts)
+        is_reference = _same_path(ctx.artifact, ctx.reference_path)
+        if is_reference:
+            # The float recipe is its own reference: missing entries come from the
+            # same forward pass (a copy of the logits), no second pass.
+            refs = {i: cache.get(self._entry_name(w, i)) for i in wanted}
+        else:
+            refs = self.ensure_reference(ctx, opts, w, wanted, cache)
+        bar = tqdm(total=len(wanted), desc="fidelity", unit="win", disable=not ctx.progress)
+        # Scoring a window (numpy, releases the GIL) overlaps the next window's forward.
+        pending: deque = deque()
+
+        def finished(block: bool):
+            while pending and (block or pending[0][1].done()):
+                i, job = pending.popleft()
+                record, ref, computed = job.result()
+                if computed:
+                    cache.put(self._entry_name(w, i), ref)
+                bar.update(1)
+                yield record
+
+        with cpu_kernels(kernels_kind(opts)), ThreadPoolExecutor(max_workers=1) as pool:
+            for batch in fixed_batches(len(w.tokens), opts.batch_size, wanted):
+                toks = w.tokens[batch]
+                for b, logits in window_logits(ctx.model, toks):
+                    i = batch[b]
+                    if i not in refs:
+                        continue  # a batch-mate of a wanted window
+                    pending.append((i, pool.submit(score_window, i, logits, toks[b, 1:], refs[i], opts.min_logp)))
+                    yield from finished(block=len(pending) > 1)
+            yield from finished(block=True)
+        bar.close()
+
+    def summarize(self, ctx, records: list) -> dict:
+        return summarize_records(records)
+
+
+def _reference_fingerprint(path) -> Optional[str]:
+    if path is None or not Path(path).is_dir():
+        return None
+    from harness.sources import fingerprint
+
+    return fingerprint(Path(path))

