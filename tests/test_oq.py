@@ -11,7 +11,7 @@ from harness.errors import HarnessError
 from harness.recipes import PlanContext, get_recipe
 from harness.sources import load_float, resolve_model
 from harness.synthetic import write_synthetic
-from quantizers.oq import LEVELS, OQRecipe, allocate, load_sensitivity, measure_sensitivity
+from quantizers.oq import LEVELS, OQRecipe, allocate, measure_sensitivity
 
 SMALL = {"calib_samples": 4, "calib_seq_len": 32}  # 128 tokens: tiny models plan in a fraction of a second
 CATEGORIES = {"code", "english", "chinese", "japanese", "korean", "tool_calling", "reasoning"}
