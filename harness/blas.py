@@ -35,7 +35,7 @@ def openblas_loaded() -> bool:
         return False
 
 
-def ensure_openblas(argv=None) -> None:
+def ensure_openblas() -> None:
     """Re-exec the current command with OpenBLAS preloaded (Linux only, once).
 
     Prints the one command that fixes it when OpenBLAS is not installed.
@@ -55,8 +55,9 @@ def ensure_openblas(argv=None) -> None:
     env = dict(os.environ)
     env["LD_PRELOAD"] = ":".join(p for p in (lib, env.get("LD_PRELOAD", "")) if p)
     env["_HARNESS_BLAS_REEXEC"] = "1"
-    argv = argv or sys.argv
-    os.execve(sys.executable, [sys.executable, "-m", "harness", *argv[1:]], env)
+    # sys.orig_argv is the interpreter's own command line (`python -m harness ...`,
+    # `.venv/bin/harness ...` or `python benchmarks/x.py ...`), so any entry point re-execs as itself
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
 def blas_info() -> dict:
