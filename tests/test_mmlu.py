@@ -1,6 +1,5 @@
 """MMLU suite: prompt layout, data handling, and one-pass scoring against a slow reference."""
 
-import warnings
 from pathlib import Path
 
 import mlx.core as mx
@@ -366,3 +365,28 @@ def test_suite_run_and_summarize_real_rows(model, tok):
     assert set(summary["per_subject"]) == {"abstract_algebra", "anatomy", "virology"}
     assert sum(v["n"] for v in summary["per_subject"].values()) == 8
     assert summary["skipped_rows"] == 0
+
+
+@pytest.mark.slow
+def test_benchmark_script_agrees_with_lm_eval(tmp_path, capsys, monkeypatch):
+    """benchmarks/mmlu_vs_lmeval.py end to end on a tiny model: same predictions as lm-eval."""
+    _offline_or_skip()
+    import importlib.util
+    import json
+
+    from harness.synthetic import write_synthetic
+
+    model_dir = write_synthetic("llama", tmp_path / "m")
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "mmlu_vs_lmeval.py"
+    spec = importlib.util.spec_from_file_location("mmlu_vs_lmeval", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setenv("_MMLU_BENCH_REEXEC", "1")  # never re-exec the test process
+    out = tmp_path / "bench.json"
+    assert bench.main(["--model", str(model_dir), "--limit", "6", "--shots", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["n"] == result["n_peer"] == 6
+    assert result["disagreements"] == []
+    assert result["max_abs_logprob_diff"] < 1e-3
+    assert result["acc_ours"] == result["acc_peer"]
+    assert "ours (harness mmlu)" in capsys.readouterr().out
