@@ -31,30 +31,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def ensure_openblas() -> None:
-    """Re-exec this script once with OpenBLAS preloaded (MLX's CPU wheel ships reference BLAS)."""
-    from harness.blas import find_openblas, openblas_loaded
-
-    if not sys.platform.startswith("linux") or openblas_loaded() or os.environ.get("_MMLU_BENCH_REEXEC"):
-        return
-    lib = find_openblas()
-    if lib is None:
-        print("note: OpenBLAS not found; fp32 matmuls use the slow reference BLAS "
-              "(apt-get install -y libopenblas0-pthread)", file=sys.stderr)
-        return
-    env = dict(os.environ, _MMLU_BENCH_REEXEC="1")
-    env["LD_PRELOAD"] = ":".join(p for p in (lib, env.get("LD_PRELOAD", "")) if p)
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+from harness.blas import ensure_openblas  # noqa: E402
+from harness.sources import resolve_model  # noqa: E402
 
 
-def resolve(spec: str) -> Path:
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return path.resolve()
-    from harness.sources import resolve_model
-
-    return resolve_model(spec)
 
 
 # ---------------------------------------------------------------- FLOPs
@@ -238,7 +218,7 @@ def main(argv=None) -> int:
     from harness.suite import SuiteContext
     from suites.mmlu import LETTERS, LetterScorer, MMLUSuite, load_data, parse_options, score_items, stratified_subset
 
-    path = resolve(args.model)
+    path = resolve_model(args.model)
     config = json.loads((path / "config.json").read_text())
     options = {"shots": args.shots, "split": args.split, "batch_size": args.batch_size,
                "batch_tokens": args.batch_tokens, "chunk_size": args.chunk_size}

@@ -24,21 +24,14 @@ uniform4 g32 (5.0 bpw) is not near any of these and is left out.
 import argparse
 import json
 import math
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-def _reexec_with_openblas():
-    """fp32 matmuls are ~70x faster with OpenBLAS preloaded (see harness/blas.py)."""
-    from harness.blas import find_openblas, openblas_loaded
-
-    lib = find_openblas()
-    if lib and not openblas_loaded() and not os.environ.get("_HARNESS_BLAS_REEXEC"):
-        env = dict(os.environ, LD_PRELOAD=lib, _HARNESS_BLAS_REEXEC="1")
-        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+from harness.blas import ensure_openblas  # noqa: E402
 
 
 def window_nll(model, tokens, batch: int = 2):
@@ -94,7 +87,7 @@ def main() -> int:
     ap.add_argument("--calib-seq-len", type=int)
     ap.add_argument("--with-dynamic", action="store_true", help="also mlx-lm dynamic_quant (slow on CPU)")
     args = ap.parse_args()
-    _reexec_with_openblas()
+    ensure_openblas()
 
     import numpy as np
     from mlx_lm.utils import load_config, load_tokenizer

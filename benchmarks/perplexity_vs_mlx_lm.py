@@ -27,7 +27,6 @@ is off by ~1e-4 nats; ours uses a float64 accumulation and is within ~1e-7).
 
 import argparse
 import math
-import os
 import sys
 import tempfile
 import time
@@ -35,30 +34,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def ensure_openblas() -> None:
-    """Re-exec this script once with OpenBLAS preloaded (MLX's CPU wheel ships reference BLAS)."""
-    from harness.blas import find_openblas, openblas_loaded
-
-    if not sys.platform.startswith("linux") or openblas_loaded() or os.environ.get("_PPL_BENCH_REEXEC"):
-        return
-    lib = find_openblas()
-    if lib is None:
-        print("note: OpenBLAS not found; fp32 matmuls use the slow reference BLAS "
-              "(apt-get install -y libopenblas0-pthread)", file=sys.stderr)
-        return
-    env = dict(os.environ, _PPL_BENCH_REEXEC="1")
-    env["LD_PRELOAD"] = ":".join(p for p in (lib, env.get("LD_PRELOAD", "")) if p)
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+from harness.blas import ensure_openblas  # noqa: E402
+from harness.sources import resolve_model  # noqa: E402
 
 
-def resolve(spec: str) -> Path:
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return path.resolve()
-    from harness.sources import resolve_model
-
-    return resolve_model(spec)
 
 
 def gemm_peak_gflops(n: int = 1024, reps: int = 5) -> float:
@@ -143,7 +122,7 @@ def main() -> int:
     from harness.suite import SuiteContext
     from suites.fidelity import FidelitySuite
 
-    path = resolve(args.model)
+    path = resolve_model(args.model)
     model, tokenizer = load(str(path))
     if not on_gpu():
         model.set_dtype(mx.float32)

@@ -16,7 +16,6 @@ Target: within ±5 %.
 """
 
 import argparse
-import os
 import re
 import statistics
 import subprocess
@@ -25,30 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def ensure_openblas() -> None:
-    """Re-exec this script once with OpenBLAS preloaded (MLX's CPU wheel ships reference BLAS)."""
-    from harness.blas import find_openblas, openblas_loaded
-
-    if not sys.platform.startswith("linux") or openblas_loaded() or os.environ.get("_SPEED_BENCH_REEXEC"):
-        return
-    lib = find_openblas()
-    if lib is None:
-        print("note: OpenBLAS not found; fp32 matmuls use the slow reference BLAS "
-              "(apt-get install -y libopenblas0-pthread)", file=sys.stderr)
-        return
-    env = dict(os.environ, _SPEED_BENCH_REEXEC="1")
-    env["LD_PRELOAD"] = ":".join(p for p in (lib, env.get("LD_PRELOAD", "")) if p)
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+from harness.blas import ensure_openblas  # noqa: E402
+from harness.sources import resolve_model  # noqa: E402
 
 
-def resolve(spec: str) -> Path:
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return path.resolve()
-    from harness.sources import resolve_model
-
-    return resolve_model(spec)
 
 
 AVERAGES = re.compile(r"Averages: prompt_tps=([\d.]+), generation_tps=([\d.]+), peak_memory=([\d.]+)")
@@ -97,7 +76,7 @@ def main() -> int:
 
     from suites.speed import context_label, hardware_info
 
-    path = resolve(args.model)
+    path = resolve_model(args.model)
     model, tokenizer = load(str(path))  # exactly as mlx_lm.benchmark loads it
     hw = hardware_info()
     print(f"{path}\n{hw['cpu']} x{hw['cpu_count']}, {hw['memory_gb']} GB, {hw['device']}, "

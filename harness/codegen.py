@@ -390,3 +390,61 @@ def warn_skipped(suite: str, skipped: dict, where: str) -> int:
         detail = "; ".join(f"{n} {reason}" for reason, n in skipped.items())
         warnings.warn(f"{suite}: skipped {total} malformed row(s) in {where} ({detail})", stacklevel=3)
     return total
+
+
+def load_hub_rows(dataset: str, *args, split: str = "test") -> list:
+    """A code benchmark's rows from the Hugging Face hub through `datasets` (online users)."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(dataset, *args, split=split).to_list()
+    except Exception as e:
+        raise HarnessError(
+            f"could not load {dataset} from the Hugging Face hub ({type(e).__name__}); "
+            "check the network or use --opt source=offline"
+        )
+
+
+class CodeSuite:
+    """What HumanEval and MBPP share: options, subset, sandboxed run, pass@1 summary,
+    data provenance. A subclass names itself and gives its data module's plain
+    functions: load_problems(source) -> (items, skipped, label), build_prompt,
+    build_program and items_sha256."""
+
+    name = ""
+    description = ""
+    version = "1"
+    needs_reference = False
+    exec_mode = None
+    load_problems: Callable
+    build_prompt: Callable
+    build_program: Callable
+    items_sha256: Callable
+
+    def items(self, ctx) -> list:
+        opts = parse_options(ctx.options, self.name)
+        items, _, _ = self.load_problems(opts.source)
+        return subset(items, ctx.limit, ctx.seed)
+
+    def run(self, ctx, items: list) -> Iterator[dict]:
+        opts = parse_options(ctx.options, self.name)
+        yield from run_code_items(ctx, items, opts, self.build_prompt, self.build_program, self.name)
+
+    def summarize(self, ctx, records: list) -> dict:
+        return summarize_records(records)
+
+    def data_info(self, ctx) -> dict:
+        from .sandbox import isolation
+
+        opts = parse_options(ctx.options, self.name)
+        items, skipped, label = self.load_problems(opts.source)
+        chosen = subset(items, ctx.limit, ctx.seed)
+        return {
+            "source": label,
+            "sha256": self.items_sha256(chosen),
+            "n_items": len(chosen),
+            "skipped_rows": skipped,
+            "prompt_format": "chat" if wants_chat_template(opts.chat_template, ctx.tokenizer) else "raw",
+            "extraction": opts.extraction,
+            "sandbox": isolation(),
+        }

@@ -21,16 +21,8 @@ import hashlib
 import json
 import re
 from functools import lru_cache
-from typing import Iterator
 
-from harness.codegen import (
-    parse_options,
-    run_code_items,
-    subset,
-    summarize_records,
-    wants_chat_template,
-    warn_skipped,
-)
+from harness.codegen import CodeSuite, load_hub_rows, warn_skipped
 from harness.errors import HarnessError
 
 HUB_DATASET = "openai_humaneval"
@@ -66,15 +58,7 @@ def clean_row(row) -> tuple:
 def read_rows(source: str) -> list:
     """Raw rows from the package file or the hub (malformed JSON lines become None)."""
     if source == "hub":
-        import datasets
-
-        try:
-            return datasets.load_dataset(HUB_DATASET, split="test").to_list()
-        except Exception as e:
-            raise HarnessError(
-                f"could not load {HUB_DATASET} from the Hugging Face hub ({type(e).__name__}); "
-                "check the network or use --opt source=offline"
-            )
+        return load_hub_rows(HUB_DATASET)
     rows = []
     with gzip.open(offline_path(), "rt", encoding="utf-8") as f:
         for line in f:
@@ -135,40 +119,13 @@ def items_sha256(items: list) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-class HumanEvalSuite:
+class HumanEvalSuite(CodeSuite):
     name = "humaneval"
     description = "HumanEval (164 problems), greedy pass@1, programs executed in a sandbox"
-    version = "1"
-    needs_reference = False
-    exec_mode = None
-
-    def items(self, ctx) -> list:
-        opts = parse_options(ctx.options, self.name)
-        items, _, _ = load_problems(opts.source)
-        return subset(items, ctx.limit, ctx.seed)
-
-    def run(self, ctx, items: list) -> Iterator[dict]:
-        opts = parse_options(ctx.options, self.name)
-        yield from run_code_items(ctx, items, opts, build_prompt, build_program, self.name)
-
-    def summarize(self, ctx, records: list) -> dict:
-        return summarize_records(records)
-
-    def data_info(self, ctx) -> dict:
-        from harness.sandbox import isolation
-
-        opts = parse_options(ctx.options, self.name)
-        items, skipped, label = load_problems(opts.source)
-        chosen = subset(items, ctx.limit, ctx.seed)
-        return {
-            "source": label,
-            "sha256": items_sha256(chosen),
-            "n_items": len(chosen),
-            "skipped_rows": skipped,
-            "prompt_format": "chat" if wants_chat_template(opts.chat_template, ctx.tokenizer) else "raw",
-            "extraction": opts.extraction,
-            "sandbox": isolation(),
-        }
+    load_problems = staticmethod(load_problems)
+    build_prompt = staticmethod(build_prompt)
+    build_program = staticmethod(build_program)
+    items_sha256 = staticmethod(items_sha256)
 
 
 def canonical_programs(source: str = "offline") -> list:

@@ -22,16 +22,8 @@ import gzip
 import hashlib
 import json
 from functools import lru_cache
-from typing import Iterator
 
-from harness.codegen import (
-    parse_options,
-    run_code_items,
-    subset,
-    summarize_records,
-    wants_chat_template,
-    warn_skipped,
-)
+from harness.codegen import CodeSuite, load_hub_rows, warn_skipped
 from harness.errors import HarnessError
 
 HUB_DATASET = "google-research-datasets/mbpp"
@@ -79,15 +71,7 @@ def clean_row(row) -> tuple:
 def read_rows(source: str) -> list:
     """Raw MBPP rows from the OLMES request files (their `doc`) or the hub."""
     if source == "hub":
-        import datasets
-
-        try:
-            return datasets.load_dataset(HUB_DATASET, "full", split="test").to_list()
-        except Exception as e:
-            raise HarnessError(
-                f"could not load {HUB_DATASET} from the Hugging Face hub ({type(e).__name__}); "
-                "check the network or use --opt source=offline"
-            )
+        return load_hub_rows(HUB_DATASET, "full")
     files = offline_files()
     if not files:
         raise HarnessError(
@@ -148,37 +132,10 @@ def items_sha256(items: list) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-class MBPPSuite:
+class MBPPSuite(CodeSuite):
     name = "mbpp"
     description = "MBPP (500 test problems), greedy pass@1, programs executed in a sandbox"
-    version = "1"
-    needs_reference = False
-    exec_mode = None
-
-    def items(self, ctx) -> list:
-        opts = parse_options(ctx.options, self.name)
-        items, _, _ = load_problems(opts.source)
-        return subset(items, ctx.limit, ctx.seed)
-
-    def run(self, ctx, items: list) -> Iterator[dict]:
-        opts = parse_options(ctx.options, self.name)
-        yield from run_code_items(ctx, items, opts, build_prompt, build_program, self.name)
-
-    def summarize(self, ctx, records: list) -> dict:
-        return summarize_records(records)
-
-    def data_info(self, ctx) -> dict:
-        from harness.sandbox import isolation
-
-        opts = parse_options(ctx.options, self.name)
-        items, skipped, label = load_problems(opts.source)
-        chosen = subset(items, ctx.limit, ctx.seed)
-        return {
-            "source": label,
-            "sha256": items_sha256(chosen),
-            "n_items": len(chosen),
-            "skipped_rows": skipped,
-            "prompt_format": "chat" if wants_chat_template(opts.chat_template, ctx.tokenizer) else "raw",
-            "extraction": opts.extraction,
-            "sandbox": isolation(),
-        }
+    load_problems = staticmethod(load_problems)
+    build_prompt = staticmethod(build_prompt)
+    build_program = staticmethod(build_program)
+    items_sha256 = staticmethod(items_sha256)

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from harness.blas import openblas_loaded
 from harness.errors import HarnessError
+from harness.provenance import cpu_name
 
 PROMPT_KINDS = ("random", "text")
 
@@ -84,25 +85,6 @@ def parse_options(options: Optional[dict]) -> SpeedOptions:
 # ---------------------------------------------------------------- hardware
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    if platform.system() == "Darwin":
-        import subprocess
-
-        try:
-            return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True,
-                                  text=True, timeout=5).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return platform.processor() or platform.machine()
-
-
 def _memory_bytes() -> Optional[int]:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -115,7 +97,7 @@ def hardware_info() -> dict:
 
     mem = _memory_bytes()
     info = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "memory_gb": round(mem / 1e9, 1) if mem else None,
         "platform": platform.platform(),
