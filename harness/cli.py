@@ -5,6 +5,7 @@ Every user-fixable problem is a HarnessError: printed as one line, exit code 2.
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -198,6 +199,8 @@ COMMANDS = {"recipes": cmd_recipes, "suites": cmd_suites, "plan": cmd_plan, "bui
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    if getattr(args, "no_progress", False):
+        os.environ["TQDM_DISABLE"] = "1"  # also the bars of code we call (GGUF import, datasets)
     if argv is None and args.command in ("plan", "build", "run"):
         from .blas import ensure_openblas
 

@@ -151,6 +151,7 @@ def _who(r: Result) -> str:
 
 @dataclass
 class GateRow:
+    recipe: str  # the current result's recipe (a gate can cover several)
     suite: str
     diff: Diff
     threshold: Threshold
@@ -195,7 +196,7 @@ def gate(pairs: list, thresholds: list, alpha: float = ALPHA) -> list:
                 continue
             used.add(t.spec)
             limit = t.limit(diff.base)
-            rows.append(GateRow(b.suite, diff, t, limit, _verdict(diff, limit, alpha)))
+            rows.append(GateRow(c.recipe, b.suite, diff, t, limit, _verdict(diff, limit, alpha)))
     unused = [t.spec for t in thresholds if t.spec not in used]
     if unused:
         available = sorted({f"{b.suite}.{m}" for b, c in pairs for m in scalar_metrics(b.summary)
@@ -234,10 +235,10 @@ def _test_text(diff: Diff) -> str:
 
 
 def gate_table(rows: list) -> str:
-    body = [[r.suite, metric_label(r.diff.metric, r.diff.info), fmt_value(r.diff.base, r.diff.info),
+    body = [[r.recipe, r.suite, metric_label(r.diff.metric, r.diff.info), fmt_value(r.diff.base, r.diff.info),
              fmt_value(r.diff.cur, r.diff.info),
              _drop_text(r.diff), _limit_text(r), p_text(r.diff.p), _test_text(r.diff), r.verdict] for r in rows]
-    return tabulate(body, headers=["suite", "metric", "baseline", "current", "drop", "max drop", "p", "test",
+    return tabulate(body, headers=["recipe", "suite", "metric", "baseline", "current", "drop", "max drop", "p", "test",
                                    "verdict"], disable_numparse=True)
 
 

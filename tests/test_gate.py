@@ -32,7 +32,7 @@ def test_degraded_recipe_fails_against_4bit_baseline(runs, capsys):
     assert code == 1
     assert "mmlu: current smollm2-135m/uniform2 against baseline smollm2-135m/uniform4" in out
     assert "REGRESSION: mmlu acc" in out and "McNemar exact, n=300" in out
-    row = next(line for line in out.splitlines() if line.startswith("mmlu") and " acc " in line)
+    row = next(line for line in out.splitlines() if line.split()[:2] == ["uniform2", "mmlu"] and " acc " in line)
     assert "FAIL" in row and "2.00 pts" in row  # default accuracy threshold: 0.02 absolute
 
 
