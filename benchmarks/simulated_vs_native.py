@@ -20,7 +20,7 @@ from tabulate import tabulate
 from harness.blas import ensure_openblas
 
 
-def run_mode(artifact: Path, mode: str, windows: int, seq_len: int, reference, cache_dir: Path):
+def run_mode(artifact: Path, mode: str, windows: int, seq_len: int, reference, ref_path: Path, cache_dir: Path):
     from harness.execution import load_artifact
     from harness.suite import SuiteContext
     from suites.fidelity import FidelitySuite
@@ -29,7 +29,8 @@ def run_mode(artifact: Path, mode: str, windows: int, seq_len: int, reference, c
     model, tokenizer, resolved = load_artifact(artifact, mode)
     load_s = time.perf_counter() - t0
     ctx = SuiteContext(model=model, tokenizer=tokenizer, artifact=artifact, exec_mode=resolved,
-                       reference=reference, limit=windows, options={"seq_len": seq_len, "num_windows": windows},
+                       reference=reference, reference_path=ref_path, limit=windows,
+                       options={"seq_len": seq_len, "num_windows": windows},
                        cache_dir=cache_dir, progress=False)
     suite = FidelitySuite()
     items = suite.items(ctx)
@@ -60,11 +61,15 @@ def main() -> int:
             ref["m"] = load_artifact(ref_path, "native")[:2]
         return ref["m"]
 
-    cache_dir = Path(tempfile.mkdtemp(prefix="sim-vs-native-"))
-    # warm the reference cache so neither timed run pays for it
-    run_mode(artifact, "simulated", args.windows, args.seq_len, reference, cache_dir)
-    sim, sim_load, sim_run = run_mode(artifact, "simulated", args.windows, args.seq_len, reference, cache_dir)
-    nat, nat_load, nat_run = run_mode(artifact, "native", args.windows, args.seq_len, reference, cache_dir)
+    with tempfile.TemporaryDirectory(prefix="sim-vs-native-") as tmp:
+        cache_dir = Path(tmp)
+        # fill the reference cache (a model's reference is cached on disk, keyed by its path's
+        # fingerprint) so neither timed run pays for the float pass
+        run_mode(artifact, "simulated", args.windows, args.seq_len, reference, ref_path, cache_dir)
+        sim, sim_load, sim_run = run_mode(artifact, "simulated", args.windows, args.seq_len, reference, ref_path,
+                                          cache_dir)
+        nat, nat_load, nat_run = run_mode(artifact, "native", args.windows, args.seq_len, reference, ref_path,
+                                          cache_dir)
     tokens = args.windows * args.seq_len
     rows = [
         ("native", f"{nat['ppl']:.4f}", f"{nat['kld_mean']:.5f}", f"{nat_load:.1f}", f"{nat_run:.1f}",
