@@ -12,7 +12,7 @@ from tabulate import tabulate
 from .build import BuildOptions, build, read_provenance
 from .cache import cache_root, sha256_bytes
 from .errors import HarnessError
-from .execution import load_artifact, resolve_exec_mode
+from .execution import is_quantized, load_artifact, on_gpu, resolve_exec_mode
 from .results import ItemLog, read_items, result_dir, write_result
 from .sources import model_slug
 from .suite import SuiteContext
@@ -108,6 +108,9 @@ def run(opts: RunOptions, log=print) -> list:
             if getattr(suite, "needs_reference", False):
                 ctx.reference_path = reference.path()
             log(f"[{recipe_name} / {suite.name}] exec={mode}")
+            if mode == "native" and not on_gpu() and is_quantized(model):
+                log("  note: MLX's CPU quantized matmul does not use BLAS (a few GFLOP/s): expect minutes per "
+                    "4k-token prefill, and CPU speeds that say nothing about Metal")
             result = run_suite(suite, ctx, built, opts, recipe_name, slug)
             written.append(result)
     return written
