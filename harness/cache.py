@@ -51,19 +51,24 @@ def atomic_dir(final: Path):
         raise
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file via temp + rename so readers never see half a file."""
+@contextmanager
+def atomic_file(path: Path, mode: str = "wb", durable: bool = True, **open_kwargs):
+    """Yield a file object for a temp file next to `path`, renamed to `path` only
+    if the block succeeds, so readers never see half a file. Permissions follow
+    the umask (mkstemp makes 0600; results and caches are meant to be shared).
+    durable=False skips the fsync (caches that are recomputed when damaged)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
         umask = os.umask(0)
         os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; results are meant to be shared
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, mode, **open_kwargs) as f:
+            yield f
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -71,3 +76,9 @@ def atomic_write_text(path: Path, text: str) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file via temp + rename (see atomic_file)."""
+    with atomic_file(path, "w", encoding="utf-8") as f:
+        f.write(text)

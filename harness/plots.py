@@ -6,7 +6,6 @@ shown at its natural width in a markdown page.
 """
 
 import json
-import os
 import re
 from functools import partial
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Optional
 from matplotlib import rc_context
 from matplotlib.figure import Figure
 
+from .cache import atomic_file
 from .report import (DEDICATED, EQUAL_BPW, Result, _is_number, benchmark_metrics, ci95, fidelity_metrics, metric_info,
                      metric_label, recipe_order, speed_rows)
 
@@ -36,9 +36,8 @@ def _save(fig: Figure, stem: Path) -> list:
     out = []
     for ext in ("png", "svg"):
         final = stem.with_suffix(f".{ext}")
-        tmp = final.with_name(f".{final.name}.tmp")
-        fig.savefig(tmp, format=ext, facecolor="white")
-        os.replace(tmp, final)
+        with atomic_file(final, durable=False) as f:
+            fig.savefig(f, format=ext, facecolor="white")
         out.append(final)
         fig.set_layout_engine("none")  # laid out by the first save; the second reuses it (2x faster)
     return out

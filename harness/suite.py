@@ -46,3 +46,9 @@ class SuiteContext:
     options: dict = field(default_factory=dict)  # --opt key=value pairs, suite-specific
     cache_dir: Optional[Path] = None  # per-model cache dir for suite data (e.g. reference logits)
     progress: bool = True  # show tqdm bars
+
+    @property
+    def is_reference(self) -> bool:
+        """The model under test is the float reference itself (it can be its own reference pass)."""
+        return (self.reference_path is not None and self.artifact is not None
+                and Path(self.artifact).resolve() == Path(self.reference_path).resolve())

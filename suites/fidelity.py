@@ -54,8 +54,6 @@ min_logp (-12), batch_size (1), kernels (auto|mlx|numpy).
 import base64
 import json
 import math
-import os
-import tempfile
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -69,6 +67,7 @@ import numpy as np
 from tqdm import tqdm
 
 from harness.blas import openblas_loaded
+from harness.cache import atomic_file
 from harness.corpus import WINDOWINGS, CorpusSpec, Windows, load_windows, windows_sha256
 from harness.errors import HarnessError
 from harness.stats import wilson_ci
@@ -551,19 +550,8 @@ class ReferenceCache:
         path = self._path(name)
         if path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.tmp-", suffix=".npz", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **entry)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-
-def _same_path(a, b) -> bool:
-    return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
+        with atomic_file(path, durable=False) as f:  # a damaged entry is recomputed
+            np.savez(f, **entry)
 
 
 class FidelitySuite:
@@ -651,7 +639,7 @@ class FidelitySuite:
         opts, w = self.windows(ctx)
         wanted = sorted(int(it["window"]) for it in items)
         cache = self.reference_cache(ctx, opts)
-        is_reference = _same_path(ctx.artifact, ctx.reference_path)
+        is_reference = ctx.is_reference
         if is_reference:
             # The float recipe is its own reference: missing entries come from the
             # same forward pass (a copy of the logits), no second pass.

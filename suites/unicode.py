@@ -252,10 +252,6 @@ def score_output(target: str, output: str, raw: Optional[bytes]) -> dict:
 # --- the suite -------------------------------------------------------------
 
 
-def _same_path(a, b) -> bool:
-    return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
-
-
 class UnicodeSuite:
     name = "unicode"
     description = "echo emoji/CJK/kana/RTL/math text: U+FFFD, invalid UTF-8, detokenizer, log-prob drop"
@@ -332,7 +328,7 @@ class UnicodeSuite:
     def run(self, ctx, items: list[dict]):
         _, slack = self._options(ctx)
         prepared = self._prepare(ctx, items)
-        is_reference = _same_path(ctx.artifact, ctx.reference_path)
+        is_reference = ctx.is_reference
         ref_lps = None if is_reference else self._reference_logprobs(ctx, prepared)
         for p in tqdm(prepared, desc="unicode", disable=not ctx.progress):
             target = p["target"]
