@@ -83,7 +83,8 @@ def test_tiers_stores_exact_bits_on_minimax(capsys):
 
 
 def test_uniform4_bpw_both_definitions_and_cache_hit(capsys):
-    opts = BuildOptions(model="synthetic:llama", recipe="uniform4", progress=False)
+    # a seed no other test builds, so the first build is a miss whatever ran before in this session
+    opts = BuildOptions(model="synthetic:llama@11", recipe="uniform4", progress=False)
     first = build(opts, log=lambda m: None)
     assert not first.cache_hit
     assert first.plan.bpw == pytest.approx(4.5)
@@ -94,7 +95,7 @@ def test_uniform4_bpw_both_definitions_and_cache_hit(capsys):
         assert key in prov
     second = build(opts, log=lambda m: None)
     assert second.cache_hit and second.path == first.path
-    code, out, err = run_cli(capsys, "build", "--recipe", "uniform4", "--model", "synthetic:llama", "--no-progress")
+    code, out, err = run_cli(capsys, "build", "--recipe", "uniform4", "--model", "synthetic:llama@11", "--no-progress")
     assert code == 0 and "cache hit" in err and out.strip().splitlines()[-1] == str(first.path)
 
 
