@@ -199,8 +199,10 @@ COMMANDS = {"recipes": cmd_recipes, "suites": cmd_suites, "plan": cmd_plan, "bui
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    if getattr(args, "no_progress", False):
-        os.environ["TQDM_DISABLE"] = "1"  # also the bars of code we call (GGUF import, datasets)
+    if argv is None and getattr(args, "no_progress", False):
+        # also the bars of code we call (GGUF import, datasets); only in a real CLI
+        # process, so callers of main(argv) keep their environment
+        os.environ["TQDM_DISABLE"] = "1"
     if argv is None and args.command in ("plan", "build", "run"):
         from .blas import ensure_openblas
 
