@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from harness.calibration import check_calibration_size, file_sha256, load_calibration
+from harness.calibration import file_sha256, load_calibration
 from harness.errors import HarnessError
 from harness.plan import Plan, Tensor
 from harness.recipes import PlanContext, plan_from_rule
@@ -62,13 +62,10 @@ class DynamicRecipe:
     description = "mlx-lm dynamic_quant: gradient sensitivity, low/high bits at --target-bpw (oQ bpw definition)"
 
     def __post_init__(self):
-        from .oq import default_calibration_size
+        from .oq import calibration_size
 
         self.low_bits, self.high_bits = widths_for_target(self.target_bpw, self.group_size)
-        samples, seq_len = default_calibration_size()
-        self.calib_samples = samples if self.calib_samples is None else self.calib_samples
-        self.calib_seq_len = seq_len if self.calib_seq_len is None else self.calib_seq_len
-        check_calibration_size(self.calib_samples, self.calib_seq_len)
+        self.calib_samples, self.calib_seq_len = calibration_size(self.calib_samples, self.calib_seq_len)
 
     @property
     def params(self) -> dict:

@@ -98,6 +98,16 @@ def default_calibration_size() -> tuple:
     return (DEFAULT_SAMPLES, DEFAULT_SEQ_LEN) if gpu else CPU_CALIBRATION
 
 
+def calibration_size(samples: Optional[int], seq_len: Optional[int]) -> tuple:
+    """(samples, seq_len) a data-driven recipe uses: the given values, this machine's
+    default for the ones left None, validated."""
+    default_samples, default_seq_len = default_calibration_size()
+    samples = default_samples if samples is None else samples
+    seq_len = default_seq_len if seq_len is None else seq_len
+    check_calibration_size(samples, seq_len)
+    return samples, seq_len
+
+
 # --- sensitivity measurement -------------------------------------------------------
 
 class _Captured(Exception):
@@ -454,10 +464,7 @@ class OQRecipe:
         self.cap = cap
         if self.sensitivity is not None and not Path(self.sensitivity).is_file():
             raise HarnessError(f"sensitivity file {self.sensitivity} not found; check the path")
-        samples, seq_len = default_calibration_size()
-        self.calib_samples = samples if self.calib_samples is None else self.calib_samples
-        self.calib_seq_len = seq_len if self.calib_seq_len is None else self.calib_seq_len
-        check_calibration_size(self.calib_samples, self.calib_seq_len)
+        self.calib_samples, self.calib_seq_len = calibration_size(self.calib_samples, self.calib_seq_len)
 
     @property
     def name(self) -> str:
