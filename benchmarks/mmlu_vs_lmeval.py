@@ -9,7 +9,7 @@ row indices. lm-eval runs through mlx-lm's own adapter (`mlx_lm.evaluate.MLXLM`,
 the model exactly as `mlx_lm.load` gives it: native kernels), without the chat
 template so both sides score the plain lm-eval prompt.
 
-Ours runs as the harness runs it: `harness.execution.load_artifact` with
+Ours runs as the harness runs it: `harness.runtime.execution.load_artifact` with
 --exec-mode (auto = simulated on CPU: quantized layers dequantized to fp32 and
 run on BLAS; same weights, same numbers up to summation order).
 
@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.blas import ensure_openblas  # noqa: E402
+from harness.runtime.blas import ensure_openblas  # noqa: E402
 from harness.sources import resolve_model  # noqa: E402
 
 
@@ -152,7 +152,7 @@ def lm_eval_run(model_path: Path, items: list, shots: int, split: str, batch_siz
     from lm_eval.tasks._yaml_loader import load_yaml
     from mlx_lm.evaluate import MLXLM
 
-    from suites.mmlu import offline_root
+    from harness.suites.mmlu import offline_root
 
     yaml_dir = Path(lm_eval.__file__).parent / "tasks" / "mmlu" / "default"
     subjects = sorted({it["subject"] for it in items})
@@ -213,10 +213,10 @@ def main(argv=None) -> int:
     import mlx.core as mx
     from tabulate import tabulate
 
-    from harness.blas import openblas_loaded
-    from harness.execution import load_artifact
+    from harness.runtime.blas import openblas_loaded
+    from harness.runtime.execution import load_artifact
     from harness.suite import SuiteContext
-    from suites.mmlu import LETTERS, LetterScorer, MMLUSuite, load_data, parse_options, score_items, stratified_subset
+    from harness.suites.mmlu import LETTERS, LetterScorer, MMLUSuite, load_data, parse_options, score_items, stratified_subset
 
     path = resolve_model(args.model)
     config = json.loads((path / "config.json").read_text())

@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.blas import ensure_openblas  # noqa: E402
+from harness.runtime.blas import ensure_openblas  # noqa: E402
 
 
 def window_nll(model, tokens, batch: int = 2):
@@ -64,7 +64,7 @@ def shared_ngrams(calibration_file: Path, texts, n: int = 12) -> int:
 
 def positional_sensitivity(num_layers: int, path: Path) -> Path:
     """omlx's position-only fallback scores: first/last eighth 0.05, next eighth 0.02, rest 0.01."""
-    from quantizers.oq import save_sensitivity
+    from harness.quantizers.oq import save_sensitivity
 
     scores = {}
     for i in range(num_layers):
@@ -94,9 +94,9 @@ def main() -> int:
     from tabulate import tabulate
 
     from harness.build import BuildOptions, build, read_provenance
-    from harness.calibration import DEFAULT_FILE
-    from harness.corpus import CorpusSpec, load_texts, load_windows
-    from harness.execution import load_artifact
+    from harness.data.calibration import DEFAULT_FILE
+    from harness.data.corpus import CorpusSpec, load_texts, load_windows
+    from harness.runtime.execution import load_artifact
     from harness.sources import resolve_model
 
     src = resolve_model(args.model)

@@ -9,7 +9,7 @@ permutation); our corpus module with windowing=mlx_lm must give the identical
 token array (checked, the script stops otherwise).
 
 Same model: both sides run the model exactly as `mlx_lm.load` returns it, upcast
-to fp32 on CPU (what harness.execution does). mlx-lm scores with its
+to fp32 on CPU (what harness.runtime.execution does). mlx-lm scores with its
 `eval_ppl(model, data, batch_size=8)`; we run the fidelity suite with the model as
 its own reference (which also yields KL = 0, top-1 = 1 as a check), once to fill
 the reference cache (timed separately: the one-time reference pass), then again
@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.blas import ensure_openblas  # noqa: E402
+from harness.runtime.blas import ensure_openblas  # noqa: E402
 from harness.sources import resolve_model  # noqa: E402
 
 
@@ -59,7 +59,7 @@ def mlx_lm_windows(tokenizer, num_samples: int, seq_len: int, seed: int):
     import numpy as np
     from mlx_lm.perplexity import load_data
 
-    from harness.corpus import load_texts, write_jsonl
+    from harness.data.corpus import load_texts, write_jsonl
 
     texts, _ = load_texts("boolq")
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,7 +88,7 @@ def nll_check(model, window) -> dict:
     import mlx.nn as nn
     import numpy as np
 
-    from suites.fidelity import reference_entries
+    from harness.suites.fidelity import reference_entries
 
     logits = model(mx.array(window[None, :-1]))[0].astype(mx.float32)
     targets = window[1:]
@@ -117,10 +117,10 @@ def main() -> int:
     from mlx_lm.perplexity import eval_ppl
     from mlx_lm.utils import get_total_parameters
 
-    from harness.blas import openblas_loaded
-    from harness.execution import on_gpu
+    from harness.runtime.blas import openblas_loaded
+    from harness.runtime.execution import on_gpu
     from harness.suite import SuiteContext
-    from suites.fidelity import FidelitySuite
+    from harness.suites.fidelity import FidelitySuite
 
     path = resolve_model(args.model)
     model, tokenizer = load(str(path))

@@ -17,13 +17,13 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from harness.blas import ensure_openblas
+from harness.runtime.blas import ensure_openblas
 
 
 def run_mode(artifact: Path, mode: str, windows: int, seq_len: int, reference, ref_path: Path, cache_dir: Path):
-    from harness.execution import load_artifact
+    from harness.runtime.execution import load_artifact
     from harness.suite import SuiteContext
-    from suites.fidelity import FidelitySuite
+    from harness.suites.fidelity import FidelitySuite
 
     t0 = time.perf_counter()
     model, tokenizer, resolved = load_artifact(artifact, mode)
@@ -50,7 +50,7 @@ def main() -> int:
     ensure_openblas()
 
     from harness.build import BuildOptions, build
-    from harness.execution import load_artifact
+    from harness.runtime.execution import load_artifact
 
     artifact = build(BuildOptions(model=args.model, recipe=args.recipe, progress=False), log=lambda m: None).path
     ref_path = build(BuildOptions(model=args.model, recipe="float", progress=False), log=lambda m: None).path

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.blas import ensure_openblas  # noqa: E402
+from harness.runtime.blas import ensure_openblas  # noqa: E402
 from harness.sources import resolve_model  # noqa: E402
 
 
@@ -61,7 +61,7 @@ def worker(path: Path, context: int, gen_tokens: int, trials: int) -> dict:
     from mlx_lm import load
 
     from harness.suite import SuiteContext
-    from suites.speed import SpeedSuite
+    from harness.suites.speed import SpeedSuite
 
     model, tokenizer = load(str(path))  # exactly as mlx_lm.benchmark loads it
     ctx = SuiteContext(model=model, tokenizer=tokenizer, artifact=path, exec_mode="native", reference=None,
@@ -93,7 +93,7 @@ def main() -> int:
 
     from tabulate import tabulate
 
-    from suites.speed import context_label, hardware_info
+    from harness.suites.speed import context_label, hardware_info
 
     path = resolve_model(args.model)
     hw = hardware_info()

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .cache import atomic_dir, atomic_write_text, cache_root, sha256_bytes
-from .errors import HarnessError
-from .plan import Plan
-from .recipes import PlanContext, get_recipe
-from .sources import fingerprint, load_float, model_slug, resolve_model
+from harness.cache import atomic_dir, atomic_write_text, cache_root, sha256_bytes
+from harness.errors import HarnessError
+from harness.plan import Plan
+from harness.recipe import PlanContext
+from harness.recipes import get_recipe
+from harness.sources import fingerprint, load_float, model_slug, resolve_model
 
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 BUILD_FORMAT = "1"  # bump when the artifact layout changes
@@ -53,7 +54,7 @@ class BuildResult:
 
 
 def _versions_key() -> str:
-    from .provenance import package_versions
+    from harness.provenance import package_versions
 
     v = package_versions()
     return f"mlx={v.get('mlx')};mlx-lm={v.get('mlx-lm')};format={BUILD_FORMAT}"
@@ -210,8 +211,8 @@ def _measured_bpw(path: Path) -> float:
 
 
 def _provenance(opts, recipe, plan, src, source_fp, key, bpw_mlx, seconds) -> dict:
-    from .blas import blas_info
-    from .provenance import provenance
+    from harness.runtime.blas import blas_info
+    from harness.provenance import provenance
 
     return provenance(
         kind="artifact",

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import HarnessError
+from harness.errors import HarnessError
 
 EPILOG = "Default model: smollm2-135m (embedded, offline). Docs: README.md"
 
@@ -96,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_recipes(args) -> int:
     from tabulate import tabulate
 
-    from .recipes import available, describe
+    from harness.recipes import available, describe
 
     rows = [(name, describe(f)) for name, f in sorted(available().items())]
     print(tabulate(rows, headers=["recipe", "what it does"]))
@@ -107,7 +107,7 @@ def cmd_recipes(args) -> int:
 def cmd_suites(args) -> int:
     from tabulate import tabulate
 
-    from .suites_registry import available_suites
+    from harness.suites_registry import available_suites
 
     rows = [(name, getattr(cls, "description", "")) for name, cls in sorted(available_suites().items())]
     print(tabulate(rows, headers=["suite", "what it measures"]))
@@ -115,17 +115,17 @@ def cmd_suites(args) -> int:
 
 
 def _build_options(args, recipe, **kw):
-    from .build import BuildOptions
+    from harness.build import BuildOptions
 
     return BuildOptions(model=args.model, recipe=recipe, recipe_options=_recipe_options(args), seed=args.seed,
                         progress=not args.no_progress, **kw)
 
 
 def cmd_plan(args) -> int:
-    from .build import make_plan
-    from .cache import atomic_write_text
-    from .plan import diff_plans
-    from .report_plan import plan_summary, plan_table
+    from harness.build import make_plan
+    from harness.cache import atomic_write_text
+    from harness.plan import diff_plans
+    from harness.report.plan_view import plan_summary, plan_table
 
     if args.diff:
         plans = [make_plan(_build_options(args, r))[0] for r in args.diff]
@@ -152,13 +152,13 @@ def cmd_plan(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from .build import build
-    from .report_plan import plan_summary
+    from harness.build import build
+    from harness.report.plan_view import plan_summary
 
     res = build(_build_options(args, args.recipe, out=Path(args.out) if args.out else None,
                                plan_file=args.plan, force=args.force),
                 log=lambda m: print(m, file=sys.stderr))
-    from .build import read_provenance
+    from harness.build import read_provenance
 
     print(plan_summary(res.plan), file=sys.stderr)
     measured = read_provenance(res.path).get("bpw_mlx")
@@ -170,25 +170,25 @@ def cmd_build(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .run import RunOptions, run_cli
+    from harness.run import RunOptions, run_cli
 
     return run_cli(RunOptions.from_args(args, _recipe_options(args)))
 
 
 def cmd_report(args) -> int:
-    from .report import report_cli
+    from harness.report.core import report_cli
 
     return report_cli(args)
 
 
 def cmd_compare(args) -> int:
-    from .gate import compare_cli
+    from harness.report.gate import compare_cli
 
     return compare_cli(args)
 
 
 def cmd_gate(args) -> int:
-    from .gate import gate_cli
+    from harness.report.gate import gate_cli
 
     return gate_cli(args)
 
@@ -204,7 +204,7 @@ def main(argv=None) -> int:
         # process, so callers of main(argv) keep their environment
         os.environ["TQDM_DISABLE"] = "1"
     if argv is None and args.command in ("plan", "build", "run"):
-        from .blas import ensure_openblas
+        from harness.runtime.blas import ensure_openblas
 
         ensure_openblas()
     try:

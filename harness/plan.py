@@ -21,7 +21,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-from .errors import HarnessError
+from harness.errors import HarnessError
 
 MODES = {
     # mode: (allowed bits, allowed group sizes or None for any dividing size, scale bits, has bias)

@@ -50,7 +50,7 @@ def memory_gb() -> float:
 def hardware() -> dict:
     import mlx.core as mx
 
-    from .blas import openblas_loaded
+    from harness.runtime.blas import openblas_loaded
 
     info = {
         "platform": platform.platform(),

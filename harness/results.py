@@ -25,8 +25,8 @@ import json
 import os
 from pathlib import Path
 
-from .cache import atomic_write_text
-from .errors import HarnessError
+from harness.cache import atomic_write_text
+from harness.errors import HarnessError
 
 SCHEMA = "harness.result/1"
 

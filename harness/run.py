@@ -9,14 +9,14 @@ from typing import Optional
 
 from tabulate import tabulate
 
-from .build import BuildOptions, build, read_provenance
-from .cache import cache_root, sha256_bytes
-from .errors import HarnessError
-from .execution import is_quantized, load_artifact, on_gpu, resolve_exec_mode
-from .results import ItemLog, read_items, result_dir, write_result
-from .sources import model_slug
-from .suite import SuiteContext
-from .suites_registry import get_suite
+from harness.build import BuildOptions, build, read_provenance
+from harness.cache import cache_root, sha256_bytes
+from harness.errors import HarnessError
+from harness.runtime.execution import is_quantized, load_artifact, on_gpu, resolve_exec_mode
+from harness.results import ItemLog, read_items, result_dir, write_result
+from harness.sources import model_slug
+from harness.suite import SuiteContext
+from harness.suites_registry import get_suite
 
 
 @dataclass
@@ -142,7 +142,7 @@ def run_suite(suite, ctx: SuiteContext, built, opts: RunOptions, recipe_name: st
     records = [r for i, r in log_.records.items() if i in wanted]
     summary = suite.summarize(ctx, records)
     data_info = suite.data_info(ctx) if hasattr(suite, "data_info") else {}
-    from .provenance import provenance
+    from harness.provenance import provenance
 
     result = {
         "model": opts.model,
@@ -185,7 +185,7 @@ def _paired_vs_float(records, opts, slug, suite_name, recipe_name) -> Optional[d
     if not ref_path.is_file():
         return None
     try:
-        from .stats import compare_paired
+        from harness.stats import compare_paired
     except ImportError:
         return None
     ref = read_items(ref_path)

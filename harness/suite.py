@@ -1,36 +1,22 @@
-"""The suite plugin protocol.
+"""The suite contract: what an evaluation suite is, and the metrics it declares.
 
 A suite turns a loaded model into per-item records and a summary. The runner
-(harness/run.py) owns loading, exec modes, the results store and resume: it
-hands the suite the items still missing and appends every record the suite
-yields as soon as it is yielded, so a killed run resumes where it stopped.
+(harness/run.py) owns loading, exec modes, the results store and resume: it hands
+the suite the items still missing and appends every record the suite yields as
+soon as it is yielded, so a killed run resumes where it stopped.
 
-A suite module defines a class with:
-
-    name: str                       # what the user types: --suite NAME
-    description: str                # one line, shown by `harness suites`
-    version: str                    # bump when items/scoring change (goes in provenance)
-    needs_reference: bool = False   # True: ctx.reference() is used (fidelity, unicode)
-    exec_mode: str | None = None    # "native" forces native kernels (speed); None = user's choice
-
-    def items(self, ctx: SuiteContext) -> list[dict]:
-        # every item this run covers (after --limit), each with a unique str "id";
-        # deterministic for a given (options, seed). Cheap: no model calls.
-    def run(self, ctx: SuiteContext, items: list[dict]) -> Iterator[dict]:
-        # yields one record per item (a JSON-serialisable dict with the item's "id"),
-        # in any order, as each finishes. Batching inside is fine.
-    def summarize(self, ctx: SuiteContext, records: list[dict]) -> dict:
-        # summary metrics from ALL records (old + new): {"metric": value, ...}.
-        # Accuracy-like metrics: report value plus "<metric>_ci95": [lo, hi] and "n".
-    def data_info(self, ctx) -> dict:   # optional: {"source": ..., "sha256": ...}
-
-Records of items that are "correct"/"incorrect" should carry "correct": bool so
-paired statistics (flips, McNemar) work across recipes without suite-specific code.
+Subclass `Suite` (one file per suite under `suites/`, or a third-party package that
+registers the `harness.suites` entry point). Records of items that are right/wrong
+carry "correct": bool so paired statistics (flips, McNemar) work across recipes
+without suite-specific code.
 """
 
+import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
+
+from harness.options import NoOptions
 
 
 @dataclass
@@ -43,7 +29,7 @@ class SuiteContext:
     reference_path: Optional[Path] = None  # float reference directory (for cache keys)
     limit: Optional[int] = None
     seed: int = 0
-    options: dict = field(default_factory=dict)  # --opt key=value pairs, suite-specific
+    options: Any = field(default_factory=dict)  # the suite's options (a dict until every suite declares an Options dataclass)
     cache_dir: Optional[Path] = None  # per-model cache dir for suite data (e.g. reference logits)
     progress: bool = True  # show tqdm bars
 
@@ -52,3 +38,63 @@ class SuiteContext:
         """The model under test is the float reference itself (it can be its own reference pass)."""
         return (self.reference_path is not None and self.artifact is not None
                 and Path(self.artifact).resolve() == Path(self.reference_path).resolve())
+
+
+METRIC_KINDS = ("proportion", "mean", "ppl", "points", "count", "speed", "info")
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """What one summary metric means, declared by the suite that produces it.
+
+    The report and the gate read these from the stored result (no guessing from
+    names, except for third-party suites that declare nothing).
+    """
+
+    name: str  # key in the summary
+    higher_is_better: Optional[bool]  # None: informational, never "better"/"worse"
+    kind: str = "mean"  # proportion (0..1, shown in %), mean, ppl, points (/100), count, speed (tok/s), info
+    max_drop: Optional[float] = None  # default gate threshold; None: gated only via --max-drop
+    relative: bool = False  # max_drop is a fraction of the baseline value
+    item_key: Optional[str] = None  # per-item record field behind the metric (paired tests)
+    description: str = ""
+
+    def __post_init__(self):
+        if self.kind not in METRIC_KINDS:
+            raise ValueError(f"metric kind {self.kind!r} is not one of {METRIC_KINDS}")
+
+    def to_json(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "MetricSpec":
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+class Suite(abc.ABC):
+    """An evaluation suite. Class attributes describe it; three methods do the work."""
+
+    name: str  # what the user types: --suite NAME
+    description: str = ""  # one line, shown by `harness suites`
+    version: str = "1"  # bump when items or scoring change (goes in the run key)
+    needs_reference: bool = False  # True: ctx.reference() is used (fidelity, unicode)
+    exec_mode: Optional[str] = None  # "native" forces native kernels (speed); None = the user's choice
+    Options: type = NoOptions  # dataclass of --opt keys (harness.options)
+    metrics: tuple = ()  # MetricSpec for every summary metric the report/gate should know
+
+    @abc.abstractmethod
+    def items(self, ctx: SuiteContext) -> list:
+        """Every item this run covers (after --limit), each a dict with a unique str "id";
+        deterministic for a given (options, seed). Cheap: no model calls."""
+
+    @abc.abstractmethod
+    def run(self, ctx: SuiteContext, items: list) -> Iterator[dict]:
+        """Yield one JSON-serialisable record (with the item's "id") per item, in any order."""
+
+    @abc.abstractmethod
+    def summarize(self, ctx: SuiteContext, records: list) -> dict:
+        """Summary metrics from ALL records (old and new). Proportions carry "<metric>_ci95"."""
+
+    def data_info(self, ctx: SuiteContext) -> dict:
+        """{"source": ..., "sha256": ...} of the data the items came from."""
+        return {}

@@ -4,17 +4,17 @@ import difflib
 import importlib
 from importlib.metadata import entry_points
 
-from .errors import HarnessError
+from harness.errors import HarnessError
 
 # name -> "module:Class" for built-in suites (imported lazily: some pull heavy deps)
 BUILTIN_SUITES = {
-    "reasoning": "suites.reasoning:ReasoningSuite",
-    "unicode": "suites.unicode:UnicodeSuite",
-    "fidelity": "suites.fidelity:FidelitySuite",
-    "speed": "suites.speed:SpeedSuite",
-    "mmlu": "suites.mmlu:MMLUSuite",
-    "humaneval": "suites.humaneval:HumanEvalSuite",
-    "mbpp": "suites.mbpp:MBPPSuite",
+    "reasoning": "harness.suites.reasoning:ReasoningSuite",
+    "unicode": "harness.suites.unicode:UnicodeSuite",
+    "fidelity": "harness.suites.fidelity:FidelitySuite",
+    "speed": "harness.suites.speed:SpeedSuite",
+    "mmlu": "harness.suites.mmlu:MMLUSuite",
+    "humaneval": "harness.suites.humaneval:HumanEvalSuite",
+    "mbpp": "harness.suites.mbpp:MBPPSuite",
 }
 
 
@@ -45,7 +45,7 @@ def suite_names() -> list:
 
 def get_suite(name: str, **kwargs):
     if name.startswith("lm-eval:"):
-        from suites.lm_eval_task import LMEvalSuite
+        from harness.suites.lm_eval_task import LMEvalSuite
 
         return LMEvalSuite(task=name.split(":", 1)[1], **kwargs)
     if name in BUILTIN_SUITES:

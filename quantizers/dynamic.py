@@ -27,10 +27,10 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from harness.calibration import file_sha256, load_calibration
+from harness.data.calibration import file_sha256, load_calibration
 from harness.errors import HarnessError
 from harness.plan import Plan, Tensor
-from harness.recipes import PlanContext, plan_from_rule
+from harness.recipe import PlanContext, Recipe, plan_from_rule
 
 DYNAMIC_VERSION = 1
 WIDTHS = (2, 3, 4, 5, 6, 8)
@@ -51,7 +51,7 @@ def widths_for_target(target_bpw: float, group_size: int) -> tuple:
 
 
 @dataclass
-class DynamicRecipe:
+class DynamicRecipe(Recipe):
     target_bpw: float = DEFAULT_TARGET
     group_size: int = 64
     calibration: Optional[str] = None
@@ -62,7 +62,7 @@ class DynamicRecipe:
     description = "mlx-lm dynamic_quant: gradient sensitivity, low/high bits at --target-bpw (oQ bpw definition)"
 
     def __post_init__(self):
-        from .oq import calibration_size
+        from harness.data.calibration import calibration_size
 
         self.low_bits, self.high_bits = widths_for_target(self.target_bpw, self.group_size)
         self.calib_samples, self.calib_seq_len = calibration_size(self.calib_samples, self.calib_seq_len)

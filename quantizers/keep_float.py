@@ -2,11 +2,11 @@
 
 from dataclasses import dataclass
 
-from harness.recipes import PlanContext, plan_from_rule
+from harness.recipe import PlanContext, Recipe, plan_from_rule
 
 
 @dataclass
-class FloatRecipe:
+class FloatRecipe(Recipe):
     name = "float"
     description = "the float reference: nothing quantized (computed once, cached)"
 

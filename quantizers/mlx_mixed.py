@@ -8,11 +8,11 @@ width, everything else the low width.
 from dataclasses import dataclass
 
 from harness.errors import HarnessError
-from harness.recipes import PlanContext, plan_from_rule
+from harness.recipe import PlanContext, Recipe, plan_from_rule
 
 
 @dataclass
-class MlxMixedRecipe:
+class MlxMixedRecipe(Recipe):
     low: int
     high: int
     group_size: int = 64

@@ -51,11 +51,11 @@ from typing import Optional
 import numpy as np
 
 from harness.cache import atomic_write_text, sha256_bytes, sha256_file
-from harness.calibration import (DEFAULT_SAMPLES, DEFAULT_SEQ_LEN, check_calibration_size, file_sha256,
+from harness.data.calibration import (DEFAULT_SAMPLES, DEFAULT_SEQ_LEN, calibration_size, check_calibration_size, file_sha256,
                                  load_calibration)
 from harness.errors import HarnessError
 from harness.plan import Plan, Tensor, is_router
-from harness.recipes import PlanContext, plan_from_rule
+from harness.recipe import PlanContext, Recipe, plan_from_rule
 
 OQ_VERSION = 2  # bump when the allocation or the measurement changes (invalidates cached plans)
 SENSITIVITY_FORMAT = "harness.oq-sensitivity/1"
@@ -76,36 +76,6 @@ WIDTHS = (2, 3, 4, 5, 6, 8)
 GROUP_SIZE = 64
 PROTECTED = ("lm_head", "embed_tokens")  # 8-bit when the cap allows, in this order
 ROLE_ORDER = ("v_proj", "down_proj", "o_proj", "q_proj", "k_proj", "gate_proj", "up_proj")
-# Calibration size without a GPU. MLX's CPU backend runs exp/softmax at ~20M
-# elements/s, so a SmolLM2-135M sensitivity pass costs ~8 CPU-ms per calibration
-# token: oQ's 128 x 256 takes 261 CPU-s on 2 cores. Measured against it (30 blocks):
-#   16 x 256: 32 CPU-s, Spearman 0.9996, same top-8 layers, max deviation 6%
-#   32 x 128: 26 CPU-s, Spearman 0.9915, max deviation 54% (short windows shift the scores)
-#   32 x 256: 62 CPU-s (too slow for a 60 s plan)
-# so CPU-only machines default to 16 x 256 (whole `harness plan --recipe oq4` on
-# smollm2-135m: ~40 CPU-s); with a GPU the default is the card's 128 x 256.
-CPU_CALIBRATION = (16, 256)
-
-
-def default_calibration_size() -> tuple:
-    """(samples, seq_len): oQ's 128 x 256 with a GPU, CPU_CALIBRATION without."""
-    import mlx.core as mx
-
-    try:
-        gpu = mx.metal.is_available() or mx.cuda.is_available()
-    except AttributeError:
-        gpu = mx.metal.is_available()
-    return (DEFAULT_SAMPLES, DEFAULT_SEQ_LEN) if gpu else CPU_CALIBRATION
-
-
-def calibration_size(samples: Optional[int], seq_len: Optional[int]) -> tuple:
-    """(samples, seq_len) a data-driven recipe uses: the given values, this machine's
-    default for the ones left None, validated."""
-    default_samples, default_seq_len = default_calibration_size()
-    samples = default_samples if samples is None else samples
-    seq_len = default_seq_len if seq_len is None else seq_len
-    check_calibration_size(samples, seq_len)
-    return samples, seq_len
 
 
 # --- sensitivity measurement -------------------------------------------------------
@@ -440,7 +410,7 @@ def allocate(plan: Plan, scores: dict, level: str, adjustable: set, target: Opti
 # --- the recipe ---------------------------------------------------------------------
 
 @dataclass
-class OQRecipe:
+class OQRecipe(Recipe):
     level: str
     group_size: int = GROUP_SIZE
     target_bpw: Optional[float] = None  # default: the level's target

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Optional
 
 from harness.errors import HarnessError
-from harness.recipes import PlanContext, default_group, plan_from_rule
+from harness.recipe import PlanContext, Recipe, default_group, plan_from_rule
 
 TIERS_DIR = Path(__file__).parent / "tiers"
 
@@ -53,7 +53,7 @@ class TierRule:
 
 
 @dataclass
-class TierRecipe:
+class TierRecipe(Recipe):
     name: str
     description: str
     rules: list

@@ -5,11 +5,11 @@ from typing import Optional
 
 from harness.errors import HarnessError
 from harness.plan import MODES
-from harness.recipes import PlanContext, default_group, plan_from_rule
+from harness.recipe import PlanContext, Recipe, default_group, plan_from_rule
 
 
 @dataclass
-class UniformRecipe:
+class UniformRecipe(Recipe):
     bits: int
     group_size: Optional[int] = None
     mode: str = "affine"

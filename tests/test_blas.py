@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from harness.blas import find_openblas
+from harness.runtime.blas import find_openblas
 
 
 def test_cli_preloads_openblas_and_records_it(tmp_path):

@@ -244,7 +244,7 @@ def test_interrupted_build_leaves_nothing(monkeypatch, tmp_path):
 def test_recipe_from_python_file(tmp_path):
     f = tmp_path / "my_recipe.py"
     f.write_text('''
-from harness.recipes import plan_from_rule
+from harness.recipe import plan_from_rule
 
 class AttnHigh:
     name = "attn-high"

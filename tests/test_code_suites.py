@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from harness.codegen import (
+from harness.suites.codegen import (
     CodeOptions,
     extract_code,
     extraction_complete,
@@ -13,9 +13,9 @@ from harness.codegen import (
     summarize_records,
 )
 from harness.errors import HarnessError
-from harness.sandbox import run_many
+from harness.runtime.sandbox import run_many
 from harness.suite import SuiteContext
-from suites import humaneval, mbpp
+from harness.suites import humaneval, mbpp
 
 HE_PROMPT = 'def add(a, b):\n    """Add two numbers."""\n'
 MBPP_RAW = mbpp.TASK.format(text="Add.", tests="assert add(1, 2) == 3") + mbpp.RAW_SUFFIX
@@ -201,7 +201,7 @@ def test_summary_pass_at_1_and_wilson_interval():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    synthetic = pytest.importorskip("harness.synthetic")
+    synthetic = pytest.importorskip("harness.sources.synthetic")
     import mlx_lm
 
     path = synthetic.write_synthetic("llama", tmp_path_factory.mktemp("m") / "llama")
@@ -212,7 +212,7 @@ def tiny(tmp_path_factory):
 def test_generation_is_greedy_and_stops(tiny):
     import mlx_lm
 
-    from harness.codegen import generate_completions
+    from harness.suites.codegen import generate_completions
 
     _, model, tokenizer = tiny
     prompts = ["def add(a, b):\n", "import os\n"]

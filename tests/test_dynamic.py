@@ -5,9 +5,10 @@ import pytest
 
 from harness.errors import HarnessError
 from harness.plan import Plan, Tensor
-from harness.recipes import PlanContext, get_recipe
+from harness.recipe import PlanContext
+from harness.recipes import get_recipe
 from harness.sources import load_float, resolve_model
-from quantizers.dynamic import DynamicRecipe, threshold_prefix, widths_for_target
+from harness.quantizers.dynamic import DynamicRecipe, threshold_prefix, widths_for_target
 
 SMALL = {"calib_samples": 4, "calib_seq_len": 32}
 

@@ -11,11 +11,11 @@ import pytest
 from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm import load
 
-from harness.corpus import CorpusSpec, load_texts, load_windows, tokenize_windows
+from harness.data.corpus import CorpusSpec, load_texts, load_windows, tokenize_windows
 from harness.errors import HarnessError
 from harness.suite import SuiteContext
-from harness.synthetic import write_synthetic
-from suites.fidelity import (
+from harness.sources.synthetic import write_synthetic
+from harness.suites.fidelity import (
     FidelitySuite,
     cpu_kernels,
     decode_f32,
@@ -246,7 +246,7 @@ def test_local_corpus_file_and_errors(loaded, tmp_path):
 @pytest.mark.slow
 def test_smollm2_float_ppl_about_20_and_q4_higher(tmp_path):
     from harness.build import BuildOptions, build
-    from harness.execution import load_artifact
+    from harness.runtime.execution import load_artifact
 
     ref = build(BuildOptions(model="smollm2-135m", recipe="float", progress=False), log=lambda m: None).path
     q4 = build(BuildOptions(model="smollm2-135m", recipe="uniform4", progress=False), log=lambda m: None).path

@@ -11,9 +11,9 @@ from gguf.quants import dequantize, quantize
 from mlx.utils import tree_flatten
 from tokenizers import pre_tokenizers
 
-from harness import gguf_import
+from harness.sources import gguf_import
 from harness.errors import HarnessError
-from harness.gguf_import import convert_gguf, unpermute_rope
+from harness.sources.gguf_import import convert_gguf, unpermute_rope
 
 HIDDEN, HEADS, KV_HEADS, LAYERS, FFN = 64, 4, 2, 2, 256
 HEAD_DIM = HIDDEN // HEADS
@@ -333,7 +333,7 @@ def test_smollm2_gguf(tmp_path):
     import mlx_lm
     from mlx_lm.sample_utils import make_sampler
 
-    from harness.packages import smollm2_gguf
+    from harness.data.packages import smollm2_gguf
 
     start = time.perf_counter()
     out = convert_gguf(smollm2_gguf(), tmp_path / "smollm2")

@@ -66,7 +66,7 @@ def test_lm_eval_passthrough_matches_direct_scoring(local_task, tmp_path, capsys
     assert res["n_items"] == len(ROWS) == len(items)
 
     from harness.build import BuildOptions, build
-    from harness.execution import load_artifact
+    from harness.runtime.execution import load_artifact
 
     model, tok, _ = load_artifact(build(BuildOptions(model="synthetic:llama", recipe="uniform4",
                                                      progress=False), log=lambda m: None).path, "simulated")

@@ -8,9 +8,9 @@ import pytest
 
 from harness.errors import HarnessError
 from harness.suite import SuiteContext
-from harness.synthetic import VOCAB_SIZE, build_model
-from suites import mmlu
-from suites.mmlu import (
+from harness.sources.synthetic import VOCAB_SIZE, build_model
+from harness.suites import mmlu
+from harness.suites.mmlu import (
     LETTERS,
     MMLUData,
     MMLUOptions,
@@ -374,7 +374,7 @@ def test_benchmark_script_agrees_with_lm_eval(tmp_path, capsys, monkeypatch):
     import importlib.util
     import json
 
-    from harness.synthetic import write_synthetic
+    from harness.sources.synthetic import write_synthetic
 
     model_dir = write_synthetic("llama", tmp_path / "m")
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "mmlu_vs_lmeval.py"

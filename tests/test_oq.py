@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from harness.calibration import DEFAULT_FILE, file_sha256, load_calibration, read_texts
+from harness.data.calibration import DEFAULT_FILE, file_sha256, load_calibration, read_texts
 from harness.errors import HarnessError
-from harness.recipes import PlanContext, get_recipe
+from harness.recipe import PlanContext
+from harness.recipes import get_recipe
 from harness.sources import load_float, resolve_model
-from harness.synthetic import write_synthetic
-from quantizers.oq import LEVELS, OQRecipe, allocate, measure_sensitivity
+from harness.sources.synthetic import write_synthetic
+from harness.quantizers.oq import LEVELS, OQRecipe, allocate, measure_sensitivity
 
 SMALL = {"calib_samples": 4, "calib_seq_len": 32}  # 128 tokens: tiny models plan in a fraction of a second
 CATEGORIES = {"code", "english", "chinese", "japanese", "korean", "tool_calling", "reasoning"}
@@ -72,7 +73,7 @@ def test_shipped_calibration_set_is_small_multicategory_and_valid():
 
 
 def test_calibration_shares_no_text_with_the_heldout_boolq_passages():
-    from harness.corpus import load_texts
+    from harness.data.corpus import load_texts
 
     try:
         passages = load_texts("boolq")[0]

@@ -13,7 +13,7 @@ import yaml
 
 from harness.errors import HarnessError
 from harness.suite import SuiteContext
-from suites.reasoning import (
+from harness.suites.reasoning import (
     DATA_FILE,
     JudgeClient,
     ReasoningSuite,
@@ -859,7 +859,7 @@ def test_bad_option_values():
 
 
 def test_run_on_tiny_model(tmp_path):
-    synthetic = pytest.importorskip("harness.synthetic")
+    synthetic = pytest.importorskip("harness.sources.synthetic")
     import mlx_lm
 
     model_dir = synthetic.write_synthetic("llama", tmp_path / "llama")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from harness.cli import main
-from harness.report import (Result, compare_metric, load_results, make_report, metric_info, ReportOptions,
+from harness.report.core import (Result, compare_metric, load_results, make_report, metric_info, ReportOptions,
                             speed_rows)
 from harness.results import ItemLog, result_dir, write_result
 from harness.stats import mcnemar_exact, wilson_ci
@@ -216,7 +216,7 @@ def test_html_and_json_formats(results_dir):
     page = make_report(ReportOptions(results=results_dir, format="html"))
     assert page.startswith("<!doctype html>") and page.count("<table>") >= 6 and "<h3>Speed</h3>" in page
     data = json.loads(make_report(ReportOptions(results=results_dir, format="json")))
-    assert data["schema"] == "harness.report/1"
+    assert data["schema"] == "harness.report.core/1"
     by = {(r["recipe"], r["suite"]): r for r in data["results"]}
     assert len(by) == 25 and by[("uniform2", "mmlu")]["metrics"]["acc"] == pytest.approx(
         load_results(results_dir / MODEL / "uniform2" / "mmlu.json")[0].summary["acc"])

@@ -14,7 +14,7 @@ import pytest
 
 from harness.build import BuildOptions, build
 from harness.cli import main
-from harness.execution import load_artifact
+from harness.runtime.execution import load_artifact
 from harness.results import ItemLog, read_result
 
 FAKE_SUITE = textwrap.dedent('''

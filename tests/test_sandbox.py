@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.sandbox import isolation, run_many, run_python
+from harness.runtime.sandbox import isolation, run_many, run_python
 
 LAYERS = isolation().split("+")
 OS_LAYERS = pytest.mark.skipif(

@@ -6,8 +6,8 @@ from mlx_lm import load
 
 from harness.errors import HarnessError
 from harness.suite import SuiteContext
-from harness.synthetic import write_synthetic
-from suites.speed import SpeedSuite, format_table, hardware_info, parse_options, random_prompt, summarize_records
+from harness.sources.synthetic import write_synthetic
+from harness.suites.speed import SpeedSuite, format_table, hardware_info, parse_options, random_prompt, summarize_records
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from mlx.utils import tree_flatten
 from mlx_lm.models.switch_layers import SwitchLinear
 
 from harness.errors import HarnessError
-from harness.synthetic import SYNTHETIC_ARCHS, VOCAB_SIZE, write_synthetic
+from harness.sources.synthetic import SYNTHETIC_ARCHS, VOCAB_SIZE, write_synthetic
 
 
 @pytest.fixture(scope="module")

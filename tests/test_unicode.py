@@ -13,9 +13,9 @@ from mlx_lm.models.cache import make_prompt_cache
 
 from harness.errors import HarnessError
 from harness.suite import SuiteContext
-from harness.synthetic import write_synthetic
-from suites import unicode as uni
-from suites.unicode import UnicodeSuite
+from harness.sources.synthetic import write_synthetic
+from harness.suites import unicode as uni
+from harness.suites.unicode import UnicodeSuite
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ from mlx_lm.models.base import create_attention_mask
 from mlx_lm.models.switch_layers import SwitchLinear
 
 from harness.errors import HarnessError
-from harness.synthetic import write_synthetic
-from harness.upcycle import upcycle_to_moe
+from harness.sources.synthetic import write_synthetic
+from harness.sources.upcycle import upcycle_to_moe
 
 PROMPT = "The capital of France is Paris. def add(a, b): return a + b\n"
 

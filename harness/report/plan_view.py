@@ -4,7 +4,7 @@ import re
 
 from tabulate import tabulate
 
-from .plan import Plan
+from harness.plan import Plan
 
 
 def _setting(t) -> str:

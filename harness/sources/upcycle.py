@@ -34,8 +34,8 @@ from mlx_lm.models.mixtral import Model, ModelArgs
 from mlx_lm.utils import save_config, save_model
 from tqdm import tqdm
 
-from .cache import atomic_dir
-from .errors import HarnessError
+from harness.cache import atomic_dir
+from harness.errors import HarnessError
 
 # Files copied from the dense directory besides the weights and config.
 TOKENIZER_FILES = (

@@ -14,7 +14,7 @@ simulated see bit-identical weights.
 
 from pathlib import Path
 
-from .errors import HarnessError
+from harness.errors import HarnessError
 
 EXEC_MODES = ("auto", "native", "simulated")
 

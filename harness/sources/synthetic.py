@@ -24,8 +24,8 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.utils import save_config, save_model
 
-from .cache import atomic_dir
-from .errors import HarnessError
+from harness.cache import atomic_dir
+from harness.errors import HarnessError
 
 VOCAB_SIZE = 512
 BRANCH=3.0

@@ -41,8 +41,8 @@ import warnings
 from dataclasses import dataclass, fields
 from typing import Callable, Iterator, List, Optional
 
-from .errors import HarnessError
-from .stats import wilson_ci
+from harness.errors import HarnessError
+from harness.stats import wilson_ci
 
 MODES = ("strict", "lenient")
 PYTHON_TAGS = {"", "python", "py", "python3"}
@@ -320,7 +320,7 @@ def run_code_items(
 
     build_prompt(item, chat) -> prompt text; build_program(item, code, chat) -> program.
     """
-    from .sandbox import run_many
+    from harness.runtime.sandbox import run_many
 
     from tqdm import tqdm
 
@@ -434,7 +434,7 @@ class CodeSuite:
         return summarize_records(records)
 
     def data_info(self, ctx) -> dict:
-        from .sandbox import isolation
+        from harness.runtime.sandbox import isolation
 
         opts = parse_options(ctx.options, self.name)
         items, skipped, label = self.load_problems(opts.source)

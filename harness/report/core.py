@@ -24,9 +24,9 @@ from typing import Callable, Optional
 
 from tabulate import tabulate
 
-from .cache import atomic_write_text
-from .errors import HarnessError
-from .results import SCHEMA, find_results, read_items, read_result
+from harness.cache import atomic_write_text
+from harness.errors import HarnessError
+from harness.results import SCHEMA, find_results, read_items, read_result
 
 ALPHA = 0.05  # significance level for every "significant" mark, note and gate decision
 DEDICATED = ("reasoning", "fidelity", "speed")  # suites with their own section
@@ -335,7 +335,7 @@ def compare_metric(metric: str, base: Result, cur: Result, use_items: bool = Tru
     McNemar exact on binary per-item values paired by id, a paired bootstrap on
     other per-item values, else a z-test from the two CIs (or Wilson intervals
     for fractions with n). None when either side lacks the metric."""
-    from .stats import mcnemar_exact, paired_bootstrap, paired_flips, wilson_ci
+    from harness.stats import mcnemar_exact, paired_bootstrap, paired_flips, wilson_ci
 
     b_val, c_val = base.summary.get(metric), cur.summary.get(metric)
     if not (_is_number(b_val) and _is_number(c_val)):
@@ -525,7 +525,7 @@ def render_json(doc: Doc, results: list) -> str:
         else:
             blocks.append({"kind": {"p": "paragraph"}.get(kind, kind), "content": x})
     data = {
-        "schema": "harness.report/1",
+        "schema": "harness.report.core/1",
         "results": [{"model": r.model, "recipe": r.recipe, "suite": r.suite, "path": str(r.path),
                      "bpw": r.bpw, "bpw_mlx": r.artifact.get("bpw_mlx"), "n_items": r.data.get("n_items"),
                      "complete": r.data.get("complete"), "exec_mode": r.provenance.get("exec_mode"),
@@ -1142,7 +1142,7 @@ def make_report(opts: ReportOptions) -> str:
     plots_dir = opts.plots or (Path(opts.out).parent / "plots" if opts.out else None)
     plot_files = {}
     if plots_dir is not None:
-        from .plots import write_plots
+        from harness.report.plots import write_plots
 
         for model in sorted({r.model for r in results}):
             rs = [r for r in results if r.model == model]

