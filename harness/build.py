@@ -72,6 +72,11 @@ def make_plan(opts: BuildOptions):
             plan = Plan.from_json(Path(opts.plan_file).read_text())
         except OSError as e:
             raise HarnessError(f"cannot read plan {opts.plan_file} ({e.strerror}); check the path")
+        if plan.recipe != recipe.name:
+            # the artifact and its results are filed under the recipe name: a plan made by
+            # another recipe would be stored (and compared) under the wrong one
+            raise HarnessError(f"plan {opts.plan_file} was made by recipe {plan.recipe!r}, not {recipe.name!r}; "
+                               f"pass --recipe {plan.recipe}")
     else:
         plan = _cached_plan(src, recipe, opts, ctx)
     plan.validate(modules)

@@ -14,7 +14,35 @@ from harness.errors import HarnessError
 EPILOG = "Default model: smollm2-135m (embedded, offline). Docs: README.md"
 
 
+def _check_recipe_args(args) -> None:
+    """Recipe flags checked before any work (a recipe checks what only it knows, e.g. oQ's cap)."""
+    import math
+
+    if getattr(args, "group_size", None) is not None and args.group_size <= 0:
+        raise HarnessError(f"--group-size {args.group_size} is not a group size; use 32, 64 or 128")
+    if getattr(args, "target_bpw", None) is not None and not (math.isfinite(args.target_bpw) and args.target_bpw > 0):
+        raise HarnessError(f"--target-bpw {args.target_bpw} is not a bits-per-weight target; use e.g. 4.6")
+    for flag in ("calib_samples", "calib_seq_len"):
+        value = getattr(args, flag, None)
+        if value is not None and value <= 0:
+            raise HarnessError(f"--{flag.replace('_', '-')} {value} must be a positive number")
+
+
+def check_out_dir(path: Path, what: str) -> None:
+    """An output directory must be creatable and writable before any work starts."""
+    path = Path(path)
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        where = "is a file" if probe == path else f"is inside a file ({probe})"
+        raise HarnessError(f"{what} {path} {where}; choose a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise HarnessError(f"{what} {path} is not writable; choose a writable directory")
+
+
 def _recipe_options(args) -> dict:
+    _check_recipe_args(args)
     opts = {}
     for key in ("group_size", "mode", "target_bpw", "calibration", "calib_samples", "calib_seq_len",
                 "sensitivity"):
@@ -155,6 +183,8 @@ def cmd_build(args) -> int:
     from harness.build import build
     from harness.report.plan_view import plan_summary
 
+    if args.out:
+        check_out_dir(Path(args.out), "--out")
     res = build(_build_options(args, args.recipe, out=Path(args.out) if args.out else None,
                                plan_file=args.plan, force=args.force),
                 log=lambda m: print(m, file=sys.stderr))
@@ -172,6 +202,7 @@ def cmd_build(args) -> int:
 def cmd_run(args) -> int:
     from harness.run import RunOptions, run_cli
 
+    check_out_dir(Path(args.out), "--out")
     return run_cli(RunOptions.from_args(args, _recipe_options(args)))
 
 
