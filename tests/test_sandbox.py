@@ -14,7 +14,7 @@ from harness.runtime.sandbox import isolation, run_many, run_python
 
 LAYERS = isolation().split("+")
 OS_LAYERS = pytest.mark.skipif(
-    not {"nobody", "pidns", "private-tmp", "netns"} <= set(LAYERS),
+    not {"nobody", "pidns", "fs-hidden", "netns"} <= set(LAYERS),
     reason=f"needs root on Linux with namespaces (this machine: {isolation()})",
 )
 REPO = Path(__file__).resolve().parents[1]

@@ -24,7 +24,10 @@ The untrusted side, before the program runs (outermost layer first):
 
 Only plain data crosses from the candidate to the judge (`encode`/`decode`):
 None, bool, int, float, complex, str, bytes and lists, tuples, sets, frozensets
-and dicts of them, exact types only (a subclass could override __eq__).
+and dicts of them. Scalars must be of the exact type; a container subclass
+(Counter, namedtuple) is read with its base type's methods and crosses as a
+plain container. Whatever runs while encoding runs in the candidate: the judge
+only ever holds plain values, so no __eq__ of the program's can decide a test.
 """
 
 import marshal
@@ -89,6 +92,9 @@ def _main_from_file():
 # ---------------------------------------------------------------- plain data
 
 
+CONTAINERS = {list: b"l", tuple: b"t", set: b"S", frozenset: b"z"}
+
+
 def encode(value, out: list, depth: int = 0) -> None:
     """Append the wire form of a plain value to `out` (bytes chunks); TypeError otherwise."""
     if depth > MAX_DEPTH:
@@ -108,17 +114,20 @@ def encode(value, out: list, depth: int = 0) -> None:
         data = value.encode("utf-8", "surrogatepass") if t is str else value
         out.append(b"s%d:" % len(data) if t is str else b"b%d:" % len(data))
         out.append(data)
-    elif t is list or t is tuple or t is set or t is frozenset:
-        out.append({list: b"l", tuple: b"t", set: b"S", frozenset: b"z"}[t] + b"%d:" % len(value))
-        for x in value:
-            encode(x, out, depth + 1)
-    elif t is dict:
-        out.append(b"d%d:" % len(value))
-        for k, v in value.items():
+    elif t is dict or isinstance(value, dict):  # Counter, OrderedDict, defaultdict: as a plain dict
+        out.append(b"d%d:" % dict.__len__(value))
+        for k, v in dict.items(value):
             encode(k, out, depth + 1)
             encode(v, out, depth + 1)
     else:
-        raise TypeError(f"returned {t.__name__}, which is not plain data")
+        # a container subclass (e.g. a namedtuple) crosses as its plain base type,
+        # read with the base type's own methods; anything else is not plain data
+        base = next((b for b in CONTAINERS if isinstance(value, b)), None)
+        if base is None:
+            raise TypeError(f"returned {t.__name__}, which is not plain data")
+        out.append(CONTAINERS[base] + b"%d:" % base.__len__(value))
+        for x in base.__iter__(value):
+            encode(x, out, depth + 1)
 
 
 def decode(data: bytes):
