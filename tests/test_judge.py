@@ -163,14 +163,23 @@ HOSTILE = {
         "        except OSError:\n"
         "            pass\n"
         "os._exit(0)\n",
-    "guard_disabled_by_cell_tampering":  # rewrite the audit hook's closure, then act
-        "import sys, os\n"
-        "def add(a, b):\n"
+    "disables_the_guard":  # empty the audit hook's deny lists (reachable through frames), then act
+        "import sys\n"
+        "f = sys._getframe()\n"
+        "while f is not None:\n"
+        "    for name in ('DENIED_EVENTS', 'DENIED_IMPORTS', 'PATH_EVENTS'):\n"
+        "        if name in f.f_globals:\n"
+        "            f.f_globals[name].clear()\n"
+        "    f = f.f_back\n"
+        "del sys.modules['posix']\n"
+        "import posix  # a fresh copy with fork/kill restored\n"
+        "for pid in range(1, 200):\n"
         "    try:\n"
-        "        os.kill(1, 9)\n"
-        "    except Exception:\n"
+        "        posix.kill(pid, 9)\n"
+        "    except OSError:\n"
         "        pass\n"
-        "    return 'pwned'\n",
+        "def add(a, b):\n"
+        "    return posix.getpid()\n",
     "fills_the_disk":
         "def add(a, b):\n"
         "    i = 0\n"
