@@ -192,6 +192,8 @@ HOSTILE = {
 
 @pytest.mark.parametrize("name", sorted(HOSTILE))
 def test_hostile_programs_fail(name):
+    if name == "disables_the_guard" and level_of(isolation()) == "rlimits-only":
+        pytest.skip("without OS isolation a guard-less program could signal this user's processes")
     me = os.getpid()
     r = run_judged(HOSTILE[name], ADD, timeout=5)
     assert r.status in ("failed", "timeout", "error") and not r.passed, (name, r)
@@ -297,7 +299,7 @@ def _write(path: Path, rows) -> Path:
 HOSTILE_COMPLETIONS = {  # HumanEval completions (prompt + completion is the program)
     "HumanEval/0": "    return True\n\nclass _T:\n    def __eq__(self, o): return True\n"
                    "def has_close_elements(numbers, threshold):\n    return _T()\n",
-    "HumanEval/1": "    return []\n" + HOSTILE["frames_report_success"].replace("\n", "\n").replace("\n    ", "\n    "),
+    "HumanEval/1": "    return []\n" + HOSTILE["frames_report_success"],
     "HumanEval/2": "    return 0.0\nimport os\nos._exit(0)\n",
     "HumanEval/3": "    raise SystemExit(0)\n",
     "HumanEval/4": "    print('passed')\n    import os\n    os._exit(0)\n",

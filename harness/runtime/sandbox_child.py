@@ -346,8 +346,13 @@ def _become_pid_namespace_init(result_fd: int) -> None:
 
 
 def _exposed_dirs() -> list:
-    """What the program may read: the standard library and the shared libraries."""
+    """What the program may read: the standard library, the interpreter's lib dir
+    and the system's shared libraries."""
     dirs = {os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)}
+    # the interpreter's own shared libraries (libpython; conda's libz/libssl for lib-dynload)
+    lib = os.path.realpath(os.path.join(sys.base_prefix, "lib"))
+    if os.path.isdir(lib) and lib != "/usr/lib":
+        dirs.add(lib)
     dirs.update(p for p in SYSTEM_LIB_DIRS if os.path.lexists(p))
     out = []
     for d in sorted(dirs):  # a parent first: its recursive bind covers its children
