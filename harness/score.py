@@ -69,7 +69,7 @@ def read_samples(path: Path, index: dict) -> list:
             task = sample["task_id"]
             key = task if isinstance(task, (str, int)) and not isinstance(task, bool) else None
             if key not in index:
-                known = sorted({it["id"] for it in index.values()})
+                known = list(dict.fromkeys(it["id"] for it in index.values()))  # file order
                 raise HarnessError(f"{where}: unknown task_id {task!r} for this suite "
                                    f"(known: {known[0]} .. {known[-1]}, {len(known)} tasks)")
             samples.append((n, sample, index[key]))
