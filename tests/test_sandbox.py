@@ -377,6 +377,7 @@ def test_seatbelt_profile_structure(tmp_path):
     import sysconfig
 
     assert sysconfig.get_paths()["stdlib"] in read_paths and work in read_paths
+    assert not any("site-packages" in p or p == sys.prefix != sys.base_prefix for p in read_paths)
     assert sandbox.CHILD in read_paths
     assert not any(p in read_paths for p in ("/", "/Users", os.path.expanduser("~"), "/etc", "/private"))
     for f in allows:

@@ -44,15 +44,20 @@ def _unique(paths: Iterable[str]) -> List[str]:
 
 
 def interpreter_paths(python: str) -> dict:
-    """{"exec": [...], "read": [...]} for `python` (stdlib dirs, install prefix)."""
+    """{"exec": [...], "read": [dirs], "files": [...]} for `python` (install prefix, stdlib)."""
     exe = [python, os.path.realpath(python)]
     prefix = sys.base_prefix
     stub = os.path.join(prefix, "Resources", "Python.app", "Contents", "MacOS", "Python")
     if os.path.exists(stub):  # framework builds: bin/python3.x re-execs this
         exe.append(stub)
-    paths = sysconfig.get_paths()
-    read = [prefix, paths["stdlib"], paths["platstdlib"], os.path.dirname(os.path.realpath(python))]
-    return {"exec": _unique(exe), "read": _unique(read)}
+    # the base interpreter's stdlib, not a venv's (whose lib dir holds site-packages)
+    base = {"base": sys.base_prefix, "platbase": sys.base_exec_prefix, "installed_base": sys.base_prefix}
+    stdlib = [sysconfig.get_path(k, vars=base) for k in ("stdlib", "platstdlib")]
+    read = [prefix, *stdlib, os.path.dirname(os.path.realpath(python))]
+    # a venv's interpreter reads pyvenv.cfg next to it or one level up at start
+    bindir = os.path.dirname(os.path.abspath(python))
+    files = [os.path.join(bindir, "pyvenv.cfg"), os.path.join(os.path.dirname(bindir), "pyvenv.cfg")]
+    return {"exec": _unique(exe), "read": _unique(read), "files": _unique(files)}
 
 
 def profile(work: str, python: str, script: str) -> str:
@@ -66,7 +71,7 @@ def profile(work: str, python: str, script: str) -> str:
         "(allow file-read-metadata)",
         "(allow file-read* " + " ".join(
             [f"(subpath {quote(p)})" for p in _unique([*paths["read"], *SYSTEM_READ, *work_paths])]
-            + [f"(literal {quote(p)})" for p in _unique([script, *DEVICES_READ])]) + ")",
+            + [f"(literal {quote(p)})" for p in _unique([script, *paths["files"], *DEVICES_READ])]) + ")",
         "(allow file-map-executable " + " ".join(
             f"(subpath {quote(p)})" for p in _unique([*paths["read"], *SYSTEM_READ])) + ")",
         "(allow file-write* " + " ".join(f"(subpath {quote(p)})" for p in work_paths)
