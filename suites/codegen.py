@@ -1,5 +1,12 @@
 """Shared machinery of the code suites (humaneval, mbpp): greedy generation,
-code extraction, sandboxed scoring, pass@1.
+code extraction, sandboxed and judged scoring, pass@1.
+
+Scoring: the model's program runs in the sandbox as a *candidate*; the
+dataset's tests run in a separate *judge* process against proxies of its
+functions, and only plain data crosses (harness/runtime/sandbox.py,
+`run_judged`). Every record carries the isolation level it ran under
+(namespaces / seatbelt / rlimits-only); where the OS gives no isolation the
+suites refuse to run unless `--opt allow_unsafe=true`.
 
 Prompt formats. With a chat template (the default when the tokenizer has one)
 the task is the user message and the answer is free text expected to hold a
