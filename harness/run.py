@@ -213,14 +213,23 @@ def summary_rows(results: list) -> list:
     return rows
 
 
+def rendered_summary(result: dict) -> str:
+    """A suite's own text for the terminal: its `render_summary(summary, model)`
+    when it has one (summaries hold data, not markdown), else its stored tables."""
+    render = getattr(get_suite(result["suite"]), "render_summary", None)
+    if render is not None:
+        return render(result["summary"], model=result["recipe"])
+    tables = (result["summary"].get(key) for key in ("table", "issues_table"))
+    return "\n\n".join(t for t in tables if isinstance(t, str) and t)
+
+
 def run_cli(opts: RunOptions) -> int:
     results = run(opts, log=lambda m: print(m, file=sys.stderr))
     print(tabulate(summary_rows(results), headers=["recipe", "suite", "exec", "items", "bpw", "metrics"],
                    tablefmt="simple"))
     for r in results:
-        for key in ("table", "issues_table"):
-            text = r["summary"].get(key)
-            if isinstance(text, str) and text:
-                print(f"\n{r['recipe']} / {r['suite']}:\n{text}")
+        text = rendered_summary(r)
+        if text:
+            print(f"\n{r['recipe']} / {r['suite']}:\n{text}")
     print(f"\nresults written to {opts.out}/{model_slug(opts.model)}/")
     return 0

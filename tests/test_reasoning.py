@@ -14,22 +14,19 @@ import yaml
 from harness.errors import HarnessError
 from harness.suite import SuiteContext
 from harness.suites.reasoning import (
-    DATA_FILE,
-    JudgeClient,
     ReasoningSuite,
     category_table,
-    grade_answer,
     grade_band,
     issues_table,
-    load_questionnaire,
     looping,
-    numbers_in,
-    parse_judge_reply,
+    render_summary,
     score_table,
-    split_final,
     summarize_records,
-    truncate_after_final,
 )
+from harness.suites.reasoning_answer import numbers_in, split_final, truncate_after_final
+from harness.suites.reasoning_judge import JudgeClient, parse_judge_reply
+from harness.suites.reasoning_questionnaire import DATA_FILE, load_questionnaire
+from harness.suites.reasoning_rubric import grade_answer
 
 QN = load_questionnaire()
 Q = QN.by_id()
@@ -697,6 +694,16 @@ def test_summary_scores_and_tables():
     assert critical and all(name in cells[3] for name in critical)
     assert issues_table(records[1:]) == "No failed criteria."
 
+    # the stored summary is data (no pre-rendered markdown); render_summary draws the tables from it
+    assert not any(isinstance(v, str) and "|" in v for v in summary.values())
+    assert [i["id"] for i in summary["issues"]] == [records[0]["id"]]
+    assert issues_table(summary["issues"]) == issues_table(records)
+    json.dumps(summary)
+    text = render_summary(summary, model="oq4")
+    assert text.startswith(score_table([{"model": "oq4", "score": summary["score"]}]))
+    assert f"{summary['score']:.1f}/100" in text and issues_table(records) in text
+    assert "LLM judge" not in text
+
 
 def _write(tmp_path, data) -> Path:
     path = tmp_path / "q.yaml"
@@ -847,12 +854,45 @@ def test_unreachable_judge_fails_before_generating():
         next(suite.run(ctx, items))
 
 
-def test_bad_option_values():
+@pytest.mark.parametrize("options, message", [
+    ({"max_tokens": "lots"}, "max_tokens='lots' is not an integer"),
+    ({"batch_size": 0}, "batch_size=0 is out of range"),
+    ({"judge_timeout": "-1"}, "judge_timeout='-1' is out of range"),
+    ({"stop_on_repeat": "maybe"}, "stop_on_repeat='maybe' is not true/false"),
+    ({"judge": "127.0.0.1:8080"}, "not an http(s) URL"),
+])
+def test_bad_option_values(options, message):
     suite = ReasoningSuite()
     ctx = SuiteContext(model=None, tokenizer=None, artifact=Path("."), exec_mode="simulated",
-                       reference=lambda: None, options={"max_tokens": "lots"})
-    with pytest.raises(HarnessError, match="max_tokens"):
-        next(suite.run(ctx, suite.items(ctx)[:1]))
+                       reference=lambda: None, options=options)
+    with pytest.raises(HarnessError) as e:
+        suite.items(ctx)  # before any work starts
+    assert message in str(e.value)
+
+
+def test_options_and_metrics_declared():
+    from harness.options import parse_options
+    from harness.suites.reasoning import CATEGORIES, Options
+
+    suite = ReasoningSuite()
+    defaults = Options()
+    assert (defaults.max_tokens, defaults.batch_size, defaults.stop_on_repeat, defaults.judge,
+            defaults.judge_model, defaults.judge_timeout) == (512, 8, True, None, "default_model", 120)
+    # the runner may hand over parsed options, or a dict that also holds other suites' keys
+    parsed = parse_options(Options, {"max_tokens": "64", "judge": "http://x:1"}, "reasoning")
+    ctx = SuiteContext(model=None, tokenizer=None, artifact=Path("."), exec_mode="simulated",
+                       reference=lambda: None, options=parsed)
+    assert suite.options(ctx) is parsed
+    ctx.options = {"max_tokens": 64, "shots": 5}
+    assert suite.options(ctx) == Options(max_tokens=64)
+    specs = {m.name: m for m in suite.metrics}
+    assert specs["score"].kind == "points" and specs["score"].higher_is_better and specs["score"].max_drop == 5.0
+    assert specs["judge_score"].max_drop is None and specs["n"].higher_is_better is None
+    assert tuple(QN.categories) == CATEGORIES and all(f"score_{c}" in specs for c in CATEGORIES)
+    # every numeric summary key is declared
+    summary = summarize_records([_record(qid, ANSWERS[qid]["good"]) for qid in Q], QN.categories)
+    numeric = {k for k, v in summary.items() if isinstance(v, (int, float)) and not k.endswith("_ci95")}
+    assert numeric <= set(specs), numeric - set(specs)
 
 
 # ---------------------------------------------------------------------------- smoke run
