@@ -1,12 +1,15 @@
 """reasoning: the questionnaire — loading and validating the data file.
 
-The questions live in a versioned data file (suites/data/reasoning_v1.yaml).
+The questions live in a versioned data file (suites/data/reasoning_v2.yaml).
 Every prompt asks the model to end with a line `FINAL ANSWER: ...`; each
 question carries a rubric of automatically checkable criteria, each worth some
 points and tagged with a severity (critical | major | minor):
 
-  final_exact   the final answer equals one of `answers` (normalised text),
-                `numbers` (the numbers in it, in order) or matches a `patterns` regex
+  final_exact   the final answer states one of `answers` (normalised text),
+                `numbers` (the numbers in it, in order) or a `patterns` regex, and
+                nothing else: a final line that also asserts one of the `wrong`
+                answers, or offers an alternative ("X or Y", "X? no wait, Y")
+                that is not a correct form, earns nothing (a hedge)
   final_order   the final answer lists the `order` labels in exactly that order
   requires      the answer mentions the `concepts` (each a list of synonym
                 regexes; all of them, or `min` of them), not negated
@@ -31,11 +34,11 @@ from harness.cache import sha256_file
 from harness.errors import HarnessError
 from harness.suites.reasoning_answer import normalise_final
 
-DATA_FILE = Path(__file__).parent / "data" / "reasoning_v1.yaml"
+DATA_FILE = Path(__file__).parent / "data" / "reasoning_v2.yaml"
 SEVERITIES = ("critical", "major", "minor")
 # criterion type -> the fields it may have (a typo such as `pattern:` is an error, not ignored)
 CRITERION_FIELDS = {
-    "final_exact": {"answers", "numbers", "patterns"},
+    "final_exact": {"answers", "numbers", "patterns", "wrong"},
     "final_order": {"order", "synonyms", "case_sensitive"},
     "requires": {"concepts", "min", "where"},
     "forbids": {"patterns", "where"},
@@ -135,6 +138,9 @@ def _compile_criterion(path, qid, c: Criterion, question_spec: dict) -> None:
         if not isinstance(answers, list) or not all(isinstance(a, (str, int, float)) for a in answers):
             raise _bad(path, qid, f"{c.name}: answers must be a list of strings")
         comp["answers"] = [normalise_final(str(a)) for a in answers]
+        # an answer also counts inside a longer final line ("It prints [1, 2] [1, 2]"),
+        # but not inside a longer word or path ("/srv/app/uploads/etc/passwd")
+        comp["answer_res"] = [re.compile(rf"(?<![\w/.-]){re.escape(a)}(?![\w/-])") for a in comp["answers"] if a]
         numbers = s.get("numbers", [])
         if not isinstance(numbers, list) or not all(
             isinstance(n, (int, float)) and not isinstance(n, bool) for n in numbers
@@ -142,6 +148,12 @@ def _compile_criterion(path, qid, c: Criterion, question_spec: dict) -> None:
             raise _bad(path, qid, f"{c.name}: numbers must be a list of numbers")
         comp["numbers"] = [float(n) for n in numbers]
         comp["patterns"] = _regex_list(path, qid, s["patterns"], "patterns") if "patterns" in s else []
+        wrong = s.get("wrong", {})
+        if isinstance(wrong, list):  # a bare list: one wrong answer per regex
+            wrong = {str(w): w for w in wrong}
+        if not isinstance(wrong, dict):
+            raise _bad(path, qid, f"{c.name}: wrong must map wrong-answer names to regex lists")
+        comp["wrong"] = [(str(k), _regex_list(path, qid, v, f"wrong answer {k!r}")) for k, v in wrong.items()]
     elif c.type == "final_order":
         comp["order"], comp["items"] = _order_items(path, qid, s)
     elif c.type == "requires":

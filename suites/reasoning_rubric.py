@@ -165,25 +165,9 @@ def _check(c: Criterion, final: Optional[str], working: str, answer: str) -> str
     if c.type == "final_exact":
         if final is None:
             return "no FINAL ANSWER line"
-        norm = normalise_final(final)
-        if norm in comp["answers"]:
-            return ""
-        if comp["numbers"]:
-            got = numbers_in(final, single=len(comp["numbers"]) == 1)
-            if len(got) == len(comp["numbers"]) and all(
-                math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9) for a, b in zip(got, comp["numbers"])
-            ):
-                return ""
-        if _mentions(comp["patterns"], norm, _negated):
-            return ""
-        if comp["answers"]:
-            expected = comp["answers"][0]
-        elif comp["numbers"]:
-            expected = ", ".join(f"{n:g}" for n in comp["numbers"])
-        else:
-            patterns = c.spec["patterns"]
-            expected = "/".join(map(str, patterns)) if isinstance(patterns, list) else patterns
-        return f"final answer {short(final)!r} is not {expected!r}"
+        if not _states_answer(comp, final):
+            return f"final answer {short(final)!r} is not {_expected(c)!r}"
+        return _hedge(comp, final)
     if c.type == "final_order":
         if final is None:
             return "no FINAL ANSWER line"
@@ -219,6 +203,71 @@ def _check(c: Criterion, final: Optional[str], working: str, answer: str) -> str
             return _check_options(comp, final, body)
         return _check_order(comp, final, body)
     raise AssertionError(c.type)
+
+
+# What separates alternatives inside one final answer line: "X or Y", "X / Y",
+# "X? no wait, Y", "either X or Y" ("or so" is an approximation, not an alternative).
+_ALTERNATIVE = re.compile(
+    r"\?|\band/or\b|\bor\b(?!\s+so\b)|\beither\b|\balternatively\b|\bactually\b|\bno,?\s+wait\b|\bwait\b|"
+    r"\bhmm+\b|\s/\s",
+    re.IGNORECASE,
+)
+# words that say nothing by themselves ("SSTI? Probably.")
+_FILLER = re.compile(
+    r"\b(?:maybe|perhaps|possibly|probably|likely|i\s+think|i\s+guess|i'm\s+not\s+sure|not\s+sure|well|so|"
+    r"it\s+is|it's|the\s+answer\s+is|answer|final)\b|[^\w]",
+    re.IGNORECASE,
+)
+
+
+def _states_answer(comp, text: str) -> bool:
+    """Whether `text` states the criterion's answer: a normalised `answers` entry
+    (alone or inside the line), the expected `numbers`, or a `patterns` regex."""
+    norm = normalise_final(text)
+    if norm in comp["answers"] or _mentions(comp["answer_res"], norm, _negated):
+        return True
+    expected = comp["numbers"]
+    if expected:
+        got = numbers_in(text, single=len(expected) == 1)
+        if len(got) == len(expected) and all(
+            math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9) for a, b in zip(got, expected)
+        ):
+            return True
+    return bool(_mentions(comp["patterns"], norm, _negated))
+
+
+def _hedge(comp, final: str) -> str:
+    """'' when the final answer asserts only the right answer, else why it hedges:
+    it also asserts a `wrong` answer ("SSTI or XSS"), or it offers an alternative
+    that is no form of the right one ("3 (or 4)", "timing attack? no wait, ...")."""
+    for name, patterns in comp["wrong"]:
+        hits = _mentions(patterns, final, _negated)
+        if hits:
+            start, end = min(hits)
+            return f"final answer hedges: it also asserts {name!r} ({final[start:end]!r})"
+    pos, before = 0, None
+    for sep in [*_ALTERNATIVE.finditer(final), None]:
+        part = final[pos : sep.start() if sep else len(final)]
+        said = _FILLER.sub("", part)
+        # "not XSS or SQLi": an alternative listed right after a negation is negated too
+        negated_list = (before is not None and before.group(0).strip().lower() in ("or", "/", "and/or")
+                        and _NEGATION.search(_clause_before(final, before.start(), words=6)))
+        if said and not negated_list and not _states_answer(comp, part):
+            return f"final answer hedges: {short(part.strip(), 40)!r} is offered as well"
+        if sep is None:
+            break
+        pos, before = sep.end(), sep
+    return ""
+
+
+def _expected(c: Criterion) -> str:
+    comp = c.compiled
+    if comp["answers"]:
+        return comp["answers"][0]
+    if comp["numbers"]:
+        return ", ".join(f"{n:g}" for n in comp["numbers"])
+    patterns = c.spec["patterns"]
+    return "/".join(map(str, patterns)) if isinstance(patterns, list) else patterns
 
 
 def _option_of(comp, text, pos_filter) -> list:

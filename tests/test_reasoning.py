@@ -609,9 +609,12 @@ def test_forbids_respects_negation_but_not_hedging_in_final():
     q = Q["sec-ssti"]
     ok = grade_answer(q, "FINAL ANSWER: server-side template injection, not XSS")
     assert ok.results[0].passed and ok.results[1].passed
+    assert grade_answer(q, "FINAL ANSWER: SSTI (not XSS or SQL injection)").correct is False  # no working
+    assert grade_answer(q, "FINAL ANSWER: SSTI (not XSS or SQL injection)").results[0].passed
     both = grade_answer(q, "FINAL ANSWER: SSTI and XSS")
-    assert both.results[0].passed and not both.results[1].passed
-    assert "XSS" in both.results[1].detail
+    # asserting the wrong class as well voids the classification, and the forbids criterion fails too
+    assert not both.results[0].passed and not both.results[1].passed
+    assert "hedges" in both.results[0].detail and "XSS" in both.results[1].detail
     # client-side template injection is a different class
     assert not grade_answer(q, "FINAL ANSWER: client-side template injection").results[0].passed
 
