@@ -35,6 +35,9 @@ from harness.errors import HarnessError
 from harness.suites.reasoning_answer import normalise_final
 
 DATA_FILE = Path(__file__).parent / "data" / "reasoning_v2.yaml"
+EXAMPLES_FILE = Path(__file__).parent / "data" / "reasoning_v2_examples.yaml"
+# adversarial example kinds (see the examples file)
+EXAMPLE_KINDS = ("hedged", "stuffed", "rephrased_right", "rephrased_wrong")
 SEVERITIES = ("critical", "major", "minor")
 # criterion type -> the fields it may have (a typo such as `pattern:` is an error, not ignored)
 CRITERION_FIELDS = {
@@ -301,3 +304,44 @@ def load_questionnaire(path: Optional[Path] = None) -> Questionnaire:
         path=path,
         sha256=sha256_file(path),
     )
+
+
+@dataclass
+class Example:
+    """A graded example: an answer written to game (or trip) the rubric, and the points it must get."""
+
+    question: str  # question id
+    kind: str  # one of EXAMPLE_KINDS
+    answer: str
+    points: float
+
+
+def load_examples(path: Optional[Path] = None, questionnaire: Optional[Questionnaire] = None) -> list:
+    """Read and validate a file of graded examples for `questionnaire` (default: the shipped pair)."""
+    path = Path(path or EXAMPLES_FILE)
+    qn = questionnaire or load_questionnaire()
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise HarnessError(f"examples file {path} is unreadable ({str(e).splitlines()[0]}); fix the file") from None
+    if not isinstance(data, dict) or not isinstance(data.get("examples"), list):
+        raise HarnessError(f"{path}: expected a mapping with an 'examples' list; fix the examples file")
+    if data.get("questionnaire") not in (None, qn.path.name):
+        raise HarnessError(f"{path}: examples are for {data['questionnaire']}, not {qn.path.name}; "
+                           "pass the matching questionnaire")
+    ids, out = qn.by_id(), []
+    for i, ex in enumerate(data["examples"]):
+        where = f"{path}: example #{i + 1}"
+        if not isinstance(ex, dict) or set(ex) != {"question", "kind", "answer", "points"}:
+            raise HarnessError(f"{where}: needs exactly question, kind, answer and points; fix the examples file")
+        if ex["question"] not in ids:
+            raise HarnessError(f"{where}: question {ex['question']!r} is not in {qn.path.name}")
+        if ex["kind"] not in EXAMPLE_KINDS:
+            raise HarnessError(f"{where}: kind {ex['kind']!r} is not one of {', '.join(EXAMPLE_KINDS)}")
+        points = ex["points"]
+        if isinstance(points, bool) or not isinstance(points, (int, float)) or not 0 <= points <= ids[ex["question"]].max_points:
+            raise HarnessError(f"{where}: points must be a number in 0..{ids[ex['question']].max_points:g}")
+        if not isinstance(ex["answer"], str) or not ex["answer"].strip():
+            raise HarnessError(f"{where}: answer must be non-empty text")
+        out.append(Example(ex["question"], ex["kind"], ex["answer"], float(points)))
+    return out

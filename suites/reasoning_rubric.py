@@ -167,16 +167,14 @@ def _check(c: Criterion, final: Optional[str], working: str, answer: str) -> str
             return "no FINAL ANSWER line"
         if not _states_answer(comp, final):
             return f"final answer {short(final)!r} is not {_expected(c)!r}"
-        return _hedge(comp, final)
+        return _hedge(comp, final, lambda part: _states_answer(comp, part))
     if c.type == "final_order":
         if final is None:
             return "no FINAL ANSWER line"
-        labels, runs = _final_order(final, comp["items"])
-        n = len(comp["order"])
-        full = [run for run in runs if len(run) >= n]
-        # the labels in order, or every complete run it states ("A, F, ... (A is sync)")
-        if labels == comp["order"] or (full and all(run == comp["order"] for run in full)):
-            return ""
+        if _states_order(comp, final):
+            return _hedge(comp, final, lambda part: not _final_order(part, comp["items"])[0]
+                          or _states_order(comp, part))
+        labels, _ = _final_order(final, comp["items"])
         return f"final order {', '.join(labels) or '(none)'} is not {', '.join(comp['order'])}"
     if c.type == "requires":
         text = {"answer": answer, "final": final or "", "working": working}[comp["where"]]
@@ -236,11 +234,19 @@ def _states_answer(comp, text: str) -> bool:
     return bool(_mentions(comp["patterns"], norm, _negated))
 
 
-def _hedge(comp, final: str) -> str:
+def _states_order(comp, text: str) -> bool:
+    """The labels in `text` are the order, or every complete run it states is
+    ("A, F, C, E, D, B (A and F are synchronous)")."""
+    labels, runs = _final_order(text, comp["items"])
+    full = [run for run in runs if len(run) >= len(comp["order"])]
+    return labels == comp["order"] or bool(full and all(run == comp["order"] for run in full))
+
+
+def _hedge(comp, final: str, right) -> str:
     """'' when the final answer asserts only the right answer, else why it hedges:
     it also asserts a `wrong` answer ("SSTI or XSS"), or it offers an alternative
-    that is no form of the right one ("3 (or 4)", "timing attack? no wait, ...")."""
-    for name, patterns in comp["wrong"]:
+    that `right(part)` does not accept ("3 (or 4)", "timing attack? no wait, ...")."""
+    for name, patterns in comp.get("wrong", ()):
         hits = _mentions(patterns, final, _negated)
         if hits:
             start, end = min(hits)
@@ -252,7 +258,7 @@ def _hedge(comp, final: str) -> str:
         # "not XSS or SQLi": an alternative listed right after a negation is negated too
         negated_list = (before is not None and before.group(0).strip().lower() in ("or", "/", "and/or")
                         and _NEGATION.search(_clause_before(final, before.start(), words=6)))
-        if said and not negated_list and not _states_answer(comp, part):
+        if said and not negated_list and not right(part):
             return f"final answer hedges: {short(part.strip(), 40)!r} is offered as well"
         if sep is None:
             break

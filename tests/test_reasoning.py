@@ -743,6 +743,8 @@ def _minimal():
                                          "severity": "minor"}), "min must be"),
         (lambda q: q["criteria"].append({"type": "forbids", "pattern": ["x"], "points": 1, "severity": "minor"}),
          "unknown field(s) pattern"),
+        (lambda q: q["criteria"][0].update(wrong="5"), "wrong must map wrong-answer names to regex lists"),
+        (lambda q: q["criteria"][0].update(wrong={"five": ["(5"]}), "invalid regex"),
     ],
 )
 def test_malformed_question_names_its_id(tmp_path, mutate, message):
