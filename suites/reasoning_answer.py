@@ -48,6 +48,13 @@ def split_final(answer: str) -> tuple:
     return (final or None), working
 
 
+def earlier_finals(answer: str) -> list:
+    """The text of every FINAL ANSWER line before the last one (a second final
+    line that differs is a hedge, like "X or Y" on one line)."""
+    matches = list(_LABEL.finditer(clean_text(answer)))
+    return [f for f in (_strip_markdown(m.group(1) or "") for m in matches[:-1]) if f]
+
+
 def _strip_markdown(s: str) -> str:
     s = re.sub(r"\\boxed\{(.*)\}", r"\1", s)
     s = re.sub(r"\\(?:text|mathrm|mathcal|operatorname)\{([^}]*)\}", r"\1", s)

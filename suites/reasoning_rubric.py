@@ -16,6 +16,7 @@ from harness.suites.reasoning_answer import (
     CODE_BLOCK,
     THINK_BLOCK,
     clean_text,
+    earlier_finals,
     normalise_final,
     numbers_in,
     short,
@@ -159,21 +160,21 @@ class Grade:
         ]
 
 
-def _check(c: Criterion, final: Optional[str], working: str, answer: str) -> str:
-    """'' when the criterion holds, else why not."""
+def _check(c: Criterion, final: Optional[str], working: str, answer: str, earlier: list = ()) -> str:
+    """'' when the criterion holds, else why not (`earlier`: FINAL ANSWER lines before the last)."""
     comp = c.compiled
     if c.type == "final_exact":
         if final is None:
             return "no FINAL ANSWER line"
         if not _states_answer(comp, final):
             return f"final answer {short(final)!r} is not {_expected(c)!r}"
-        return _hedge(comp, final, lambda part: _states_answer(comp, part))
+        return _hedge(comp, final, lambda part: _states_answer(comp, part), earlier)
     if c.type == "final_order":
         if final is None:
             return "no FINAL ANSWER line"
         if _states_order(comp, final):
             return _hedge(comp, final, lambda part: not _final_order(part, comp["items"])[0]
-                          or _states_order(comp, part))
+                          or _states_order(comp, part), earlier, _ALTERNATIVE_ORDER)
         labels, _ = _final_order(final, comp["items"])
         return f"final order {', '.join(labels) or '(none)'} is not {', '.join(comp['order'])}"
     if c.type == "requires":
@@ -210,6 +211,8 @@ _ALTERNATIVE = re.compile(
     r"\bhmm+\b|\s/\s",
     re.IGNORECASE,
 )
+# in an ordering "A / F / C" lists, it does not offer alternatives
+_ALTERNATIVE_ORDER = re.compile(_ALTERNATIVE.pattern.replace(r"|\s/\s", ""), re.IGNORECASE)
 # words that say nothing by themselves ("SSTI? Probably.")
 _FILLER = re.compile(
     r"\b(?:maybe|perhaps|possibly|probably|likely|i\s+think|i\s+guess|i'm\s+not\s+sure|not\s+sure|well|so|"
@@ -242,17 +245,22 @@ def _states_order(comp, text: str) -> bool:
     return labels == comp["order"] or bool(full and all(run == comp["order"] for run in full))
 
 
-def _hedge(comp, final: str, right) -> str:
+def _hedge(comp, final: str, right, earlier=(), separators=None) -> str:
     """'' when the final answer asserts only the right answer, else why it hedges:
-    it also asserts a `wrong` answer ("SSTI or XSS"), or it offers an alternative
-    that `right(part)` does not accept ("3 (or 4)", "timing attack? no wait, ...")."""
+    it also asserts a `wrong` answer ("SSTI or XSS"), it offers an alternative
+    that `right(part)` does not accept ("3 (or 4)", "timing attack? no wait, ..."),
+    or an earlier FINAL ANSWER line says something else."""
+    separators = separators or _ALTERNATIVE
+    for text in earlier:
+        if (_FILLER.sub("", text) and not right(text)) or _hedge(comp, text, right, (), separators):
+            return f"final answer hedges: an earlier FINAL ANSWER line says {short(text, 40)!r}"
     for name, patterns in comp.get("wrong", ()):
         hits = _mentions(patterns, final, _negated)
         if hits:
             start, end = min(hits)
             return f"final answer hedges: it also asserts {name!r} ({final[start:end]!r})"
     pos, before = 0, None
-    for sep in [*_ALTERNATIVE.finditer(final), None]:
+    for sep in [*separators.finditer(final), None]:
         part = final[pos : sep.start() if sep else len(final)]
         said = _FILLER.sub("", part)
         # "not XSS or SQLi": an alternative listed right after a negation is negated too
@@ -327,9 +335,10 @@ def grade_answer(question: Question, answer: str) -> Grade:
     """Grade one answer against its question's rubric (deterministic)."""
     answer = THINK_BLOCK.sub(" ", clean_text(answer or "")) if "</think>" in (answer or "") else clean_text(answer or "")
     final, working = split_final(answer)
+    earlier = earlier_finals(answer)
     results = []
     for c in question.criteria:
-        detail = _check(c, final, working, answer)
+        detail = _check(c, final, working, answer, earlier)
         results.append(CriterionResult(c.name, c.type, c.severity, 0.0 if detail else c.points, c.points, detail))
     return Grade(question.id, question.category, final, results)
 

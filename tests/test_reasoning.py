@@ -585,9 +585,12 @@ def test_final_answer_robust_to_formatting():
         assert grade.correct, (final, grade.failed)
     # the case of single-letter labels matters: 'a' is not 'A'
     assert not grade_answer(q, "FINAL ANSWER: a, f, c, e, d, b").results[0].passed
-    # the last FINAL ANSWER line wins
+    # the last FINAL ANSWER line is the answer, but an earlier one that differs is a hedge
+    # (generation stops at the first complete FINAL ANSWER line, so a suite run never has two)
     wrong_then_right = "FINAL ANSWER: A, B, C, D, E, F\nWait.\nFINAL ANSWER: A, F, C, E, D, B"
-    assert grade_answer(q, wrong_then_right).results[0].passed
+    assert "earlier FINAL ANSWER line" in grade_answer(q, wrong_then_right).results[0].detail
+    assert grade_answer(q, "**FINAL ANSWER:** A, F, C, E, D, B\nFINAL ANSWER: A F C E D B").results[0].passed
+    assert grade_answer(q, "FINAL ANSWER: A / F / C / E / D / B").results[0].passed  # a slash list is one order
 
 
 def test_final_exact_normalisation_and_numbers():

@@ -96,6 +96,8 @@ def test_not_hedges(qid, final):
     ("algo-shortest-path", "A, C, B, D, E or A, C, E"),
     ("logic-bat-ball", "$0.05, hmm, maybe $0.10"),
     ("conc-deadlock", "deadlock. Actually, livelock"),
+    ("sec-ssti", "XSS\nFINAL ANSWER: SSTI"),  # two final lines that differ
+    ("algo-heapify", "O(n) or O(n log n)\nFINAL ANSWER: O(n)"),
 ])
 def test_hedges(qid, final):
     grade = grade_answer(Q[qid], f"FINAL ANSWER: {final}")
