@@ -94,7 +94,9 @@ def numbers_in(s: str, single: bool = True) -> list:
     For a single expected number, 1,234 reads as one number and "17 x 24 = 408"
     as its value after the last '='; for lists of numbers commas separate
     ("fixed=200, sliding=100" -> [200, 100])."""
-    s = re.sub(r"\([^()]*\)", " ", clean_text(s).replace("_", ""))
+    s = clean_text(s).replace("_", "")
+    while (unnested := re.sub(r"\([^()]*\)", " ", s)) != s:  # nested remarks too: "(use (long) a)"
+        s = unnested
     if single and "=" in s:
         s = s.rsplit("=", 1)[1]
     pattern = _NUMBER if single else _NUMBER_LIST

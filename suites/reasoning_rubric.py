@@ -262,6 +262,12 @@ def _hedge(comp, final: str, right, earlier=(), separators=None) -> str:
     pos, before = 0, None
     for sep in [*separators.finditer(final), None]:
         part = final[pos : sep.start() if sep else len(final)]
+        if before is not None and final.count("(", 0, before.start()) > final.count(")", 0, before.start()):
+            # inside a remark in parentheses: "(or 4)" offers an alternative, while
+            # "(use long or a + (b - a) / 2)" explains; only a bare value counts there
+            part = part.split(")")[0]
+            if before.group(0).strip() == "/" or len(part.split()) > 3:
+                part = ""
         said = _FILLER.sub("", part)
         # "not XSS or SQLi": an alternative listed right after a negation is negated too
         negated_list = (before is not None and before.group(0).strip().lower() in ("or", "/", "and/or")
@@ -279,7 +285,7 @@ def _expected(c: Criterion) -> str:
     if comp["answers"]:
         return comp["answers"][0]
     if comp["numbers"]:
-        return ", ".join(f"{n:g}" for n in comp["numbers"])
+        return ", ".join(str(int(n)) if n.is_integer() else f"{n:g}" for n in comp["numbers"])
     patterns = c.spec["patterns"]
     return "/".join(map(str, patterns)) if isinstance(patterns, list) else patterns
 

@@ -83,6 +83,8 @@ def test_issue_answers(qid, final, points, v1_points):
     ("algo-heapify", "O(n), or Θ(n) to be precise"),  # both alternatives are right
     ("sec-path-traversal", "/etc/passwd"),  # a slash inside a path separates nothing
     ("conc-event-loop", "A, F, C, E, D, B (A and F are synchronous)"),
+    ("debug-int-overflow", "-147483648 (int overflow; use long or a + (b - a) / 2)"),  # a remark explains
+    ("sec-timing", "timing attack (hmac.compare_digest or any constant-time compare fixes it)"),
 ])
 def test_not_hedges(qid, final):
     assert all(r.passed for r in _final_results(grade_answer(Q[qid], f"FINAL ANSWER: {final}")))
@@ -90,6 +92,7 @@ def test_not_hedges(qid, final):
 
 @pytest.mark.parametrize("qid, final", [
     ("debug-binary-search", "3 (or 4)"),
+    ("debug-binary-search", "3 (or 4) or 5"),
     ("sec-ssti", "SSTI or clickjacking"),  # an alternative the rubric does not list is still an alternative
     ("sec-ssti", "either SSTI or something else"),
     ("control-reverse", "desserts / dessert"),
