@@ -5,6 +5,14 @@ Every criterion either holds (full points) or not (zero), with a one-line
 reason. Mentions count only when they are asserted: "not XSS" or "rather than a
 race" do not count; in the working, hedged or questioning sentences ("one might
 think 10 cents", "Is it XSS?") do not count as conclusions either.
+
+A final answer must assert one answer. The final criterion (final_exact /
+final_order) earns nothing when the final line hedges: it also asserts one of
+the question's `wrong` answers ("SSTI or XSS"), it offers an alternative that is
+no form of the right answer ("3 (or 4)", "timing attack? no wait, length
+extension"), or an earlier FINAL ANSWER line said something else. Right answers
+count inside a longer line ("It prints [1, 2] [1, 2]") and in any of the
+synonyms the data file lists ("Linear time, i.e. big-O of n").
 """
 
 import math
