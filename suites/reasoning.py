@@ -14,7 +14,8 @@ mixes into `score`.
 
 Generation is greedy, through the tokenizer's chat template when it has one,
 and stops at the first complete FINAL ANSWER line. The summary stores numbers
-only; `render_summary` turns it into the Score | Grade table `harness run` prints.
+only; `render_summary` (the suite's `render`) turns it into the Grader | Score |
+Grade table and the failed-criteria table that `harness run` prints.
 """
 
 import sys
@@ -54,6 +55,10 @@ class Options:
                                "pass e.g. --judge http://127.0.0.1:8080")
 
 
+def _category_metric(category: str) -> MetricSpec:
+    return MetricSpec(f"score_{category}", True, "points", description=f"score of the {category} questions")
+
+
 def _metrics() -> tuple:
     counts = [MetricSpec(f"failed_{s}", False, "count", description=f"failed {s} criteria, all questions")
               for s in SEVERITIES]
@@ -61,8 +66,7 @@ def _metrics() -> tuple:
         MetricSpec("score", True, "points", max_drop=5.0, item_key="score",
                    description="rubric points per question, averaged, /100"),
         MetricSpec("accuracy", True, "proportion", item_key="correct", description="questions with full points"),
-        *(MetricSpec(f"score_{c}", True, "points", description=f"score of the {c} questions")
-          for c in CATEGORIES),
+        *(_category_metric(c) for c in CATEGORIES),
         MetricSpec("judge_score", True, "points", item_key="judge_score",
                    description="LLM judge's score /100 (separate from score)"),
         *counts,
@@ -125,16 +129,18 @@ def summarize_records(records: list, categories: Optional[list] = None) -> dict:
     return out
 
 
-def render_summary(summary: dict, model: str = "model") -> str:
-    """What `harness run` prints for a reasoning result: the Score | Grade table
-    (and the judge's, separately), then the failed criteria per question."""
+def render_summary(summary: dict) -> str:
+    """What `harness run` prints for a reasoning result: Grader | Score | Grade
+    (the rubric, and the LLM judge on its own row when there is one), then the
+    failed criteria per question."""
     if not summary.get("n"):
         return "No questions graded."
-    text = score_table([{"model": model, "score": summary["score"], "grade": summary.get("grade")}])
+    rows = [["rubric", f"{summary['score']:.1f}/100", summary.get("grade") or grade_band(summary["score"])]]
     if summary.get("judge_score") is not None:
-        text += "\n\nLLM judge (reported separately):\n" + score_table(
-            [{"model": model, "score": summary["judge_score"], "grade": summary.get("judge_grade")}])
-    return text + "\n\n" + issues_table(summary.get("issues", []))
+        judge = summary["judge_score"]
+        rows.append(["LLM judge (separate)", f"{judge:.1f}/100", summary.get("judge_grade") or grade_band(judge)])
+    table = tabulate(rows, headers=["Grader", "Score", "Grade"], tablefmt="github", disable_numparse=True)
+    return table + "\n\n" + issues_table(summary.get("issues", []))
 
 
 def score_table(rows) -> str:
@@ -183,13 +189,7 @@ def issues_table(rows: list) -> str:
 
 
 # ----------------------------------------------------------------------------
-# Generation (h1's harness.runtime.generate is to replace this; same stop rules)
-
-def prompt_tokens(tokenizer, prompt: str) -> list:
-    """Token ids for one user turn: the chat template when there is one."""
-    if getattr(tokenizer, "has_chat_template", False):
-        return list(tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True))
-    return list(tokenizer.encode(prompt))
+# Generation (the shared greedy helper, with this suite's stop rules)
 
 
 def looping(tokens: list, min_copies: int = 4, min_span: int = 64, max_period: int = 32) -> bool:
@@ -207,81 +207,34 @@ def looping(tokens: list, min_copies: int = 4, min_span: int = 64, max_period: i
     return False
 
 
-def _stop_reason(tokenizer, tokens: list, stop_on_repeat: bool) -> Optional[str]:
-    """Why to stop after the latest token: a complete FINAL ANSWER line or a loop."""
-    if tokenizer.decode(tokens[-1:]).count("\n"):
-        text = tokenizer.decode(tokens)
-        if truncate_after_final(text) != text:
-            return "final_answer"
-    if stop_on_repeat and len(tokens) % 8 == 0 and looping(tokens):
-        return "repetition"
-    return None
-
-
 def generate_answers(
     model, tokenizer, prompts: list, max_tokens: int, batch_size: int = 1, stop_on_repeat: bool = True
 ) -> Iterator[tuple]:
     """Greedy answers, (index, text, n_tokens, stop) per prompt as each finishes.
 
-    stop is "eos", "max_tokens", "final_answer" (the text is cut after the first
-    complete FINAL ANSWER line, as the prompt asks the model to stop there) or
-    "repetition" (see `looping`). batch_size 1 streams each prompt with
-    mlx_lm.stream_generate (what mlx_lm.generate runs); larger sizes keep that
-    many sequences in flight with mlx-lm's continuous BatchGenerator. Both
-    apply the same stop rules to the token ids and decode them the same way.
+    Prompts go through the tokenizer's chat template when it has one
+    (harness.runtime.prompt); harness.runtime.generate decodes them (batch_size 1:
+    mlx_lm.stream_generate one at a time; more: that many in flight). stop is
+    "eos", "max_tokens", "final_answer" (the text is cut after the first complete
+    FINAL ANSWER line, as the prompt asks the model to stop there) or
+    "repetition" (see `looping`).
     """
-    from mlx_lm import stream_generate
-    from mlx_lm.generate import BatchGenerator
+    from harness.runtime.generate import generate_iter
+    from harness.runtime.prompt import encode_prompt, wants_chat
 
-    ids = [prompt_tokens(tokenizer, p) for p in prompts]
+    chat = wants_chat("auto", tokenizer)
+    ids = [encode_prompt(tokenizer, p, chat=chat) for p in prompts]
 
-    def finish(i, tokens, stop):
-        return i, truncate_after_final(tokenizer.decode(tokens)), len(tokens), stop
+    def stop(i, tokens, text):
+        # a FINAL ANSWER line is complete once a newline follows it
+        if "\n" in tokenizer.decode(tokens[-1:]) and truncate_after_final(text) != text:
+            return "final_answer"
+        if stop_on_repeat and len(tokens) % 8 == 0 and looping(tokens):
+            return "repetition"
+        return None
 
-    if batch_size <= 1:
-        for i, prompt in enumerate(ids):
-            tokens, stop = [], "max_tokens"
-            for response in stream_generate(model, tokenizer, prompt, max_tokens=max_tokens):
-                if response.finish_reason == "stop":  # eos: not part of the answer
-                    stop = "eos"
-                    break
-                tokens.append(response.token)
-                reason = _stop_reason(tokenizer, tokens, stop_on_repeat)
-                if reason:
-                    stop = reason
-                    break
-            yield finish(i, tokens, stop)
-        return
-
-    gen = BatchGenerator(
-        model,
-        stop_tokens=[[t] for t in tokenizer.eos_token_ids],
-        completion_batch_size=batch_size,
-        prefill_batch_size=batch_size,
-    )
-    try:
-        uids = gen.insert(ids, [max_tokens] * len(ids))
-        index = {uid: i for i, uid in enumerate(uids)}
-        tokens = {uid: [] for uid in uids}
-        while responses := gen.next_generated():
-            for r in responses:
-                if r.uid not in tokens:
-                    continue  # already stopped by us
-                if r.finish_reason == "stop":
-                    yield finish(index[r.uid], tokens.pop(r.uid), "eos")
-                    continue
-                tokens[r.uid].append(r.token)
-                reason = _stop_reason(tokenizer, tokens[r.uid], stop_on_repeat)
-                if reason is None and r.finish_reason is not None:
-                    reason = "max_tokens"
-                if reason:
-                    if r.finish_reason is None:
-                        gen.remove([r.uid])
-                    yield finish(index[r.uid], tokens.pop(r.uid), reason)
-            if not tokens:
-                break
-    finally:
-        gen.close()
+    for g in generate_iter(model, tokenizer, ids, max_tokens=max_tokens, batch_size=batch_size, stop=stop):
+        yield g.index, truncate_after_final(g.text), len(g.tokens), "max_tokens" if g.stop == "length" else g.stop
 
 
 # ----------------------------------------------------------------------------
@@ -295,17 +248,8 @@ class ReasoningSuite(Suite):
     Options = Options
     metrics = _metrics()
 
-    def options(self, ctx: SuiteContext) -> Options:
-        """The run's options: already parsed by the runner, or {key: value} to parse here.
-        A dict may carry other suites' keys (runners that do not route options), so
-        only this suite's keys are read; the runner's routing rejects unknown ones."""
-        if isinstance(ctx.options, Options):
-            return ctx.options
-        raw = {k: v for k, v in (ctx.options or {}).items() if k in Options.__dataclass_fields__}
-        return parse_options(Options, raw, self.name)
-
     def _questionnaire(self, ctx) -> Questionnaire:
-        return load_questionnaire(self.options(ctx).questions)
+        return load_questionnaire(self.opts(ctx).questions)
 
     def items(self, ctx: SuiteContext) -> list:
         questions = self._questionnaire(ctx).interleaved()
@@ -314,7 +258,7 @@ class ReasoningSuite(Suite):
         return [{"id": q.id, "category": q.category, "prompt": q.prompt} for q in questions]
 
     def run(self, ctx: SuiteContext, items: list) -> Iterator[dict]:
-        opts = self.options(ctx)
+        opts = self.opts(ctx)
         judge = None
         if opts.judge:
             judge = JudgeClient(opts.judge, model=opts.judge_model, timeout=opts.judge_timeout)
@@ -367,8 +311,14 @@ class ReasoningSuite(Suite):
     def summarize(self, ctx: SuiteContext, records: list) -> dict:
         return summarize_records(records, self._questionnaire(ctx).categories)
 
-    def render_summary(self, summary: dict, model: str = "model") -> str:
-        return render_summary(summary, model)
+    def metric_specs(self, ctx: SuiteContext) -> tuple:
+        """`metrics`, with one score_<category> per category of the questionnaire in use."""
+        categories = self._questionnaire(ctx).categories
+        specs = [m for m in self.metrics if not (m.name.startswith("score_") and m.name[6:] in CATEGORIES)]
+        return (*specs, *(_category_metric(c) for c in categories))
+
+    def render(self, summary: dict) -> str:
+        return render_summary(summary)
 
     def data_info(self, ctx: SuiteContext) -> dict:
         qn = self._questionnaire(ctx)

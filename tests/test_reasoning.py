@@ -705,10 +705,12 @@ def test_summary_scores_and_tables():
     assert [i["id"] for i in summary["issues"]] == [records[0]["id"]]
     assert issues_table(summary["issues"]) == issues_table(records)
     json.dumps(summary)
-    text = render_summary(summary, model="oq4")
-    assert text.startswith(score_table([{"model": "oq4", "score": summary["score"]}]))
-    assert f"{summary['score']:.1f}/100" in text and issues_table(records) in text
-    assert "LLM judge" not in text
+    text = ReasoningSuite().render(summary)
+    assert text == render_summary(summary)
+    head = text.splitlines()
+    assert [c.strip() for c in head[0].split("|")[1:4]] == ["Grader", "Score", "Grade"]
+    assert [c.strip() for c in head[2].split("|")[1:4]] == ["rubric", f"{summary['score']:.1f}/100", "S"]
+    assert issues_table(records) in text and "LLM judge" not in text
 
 
 def _write(tmp_path, data) -> Path:
@@ -886,13 +888,16 @@ def test_options_and_metrics_declared():
     defaults = Options()
     assert (defaults.max_tokens, defaults.batch_size, defaults.stop_on_repeat, defaults.judge,
             defaults.judge_model, defaults.judge_timeout) == (512, 8, True, None, "default_model", 120)
-    # the runner may hand over parsed options, or a dict that also holds other suites' keys
+    # the runner hands over parsed options; direct callers may pass a dict (the same rule parses it)
     parsed = parse_options(Options, {"max_tokens": "64", "judge": "http://x:1"}, "reasoning")
     ctx = SuiteContext(model=None, tokenizer=None, artifact=Path("."), exec_mode="simulated",
                        reference=lambda: None, options=parsed)
-    assert suite.options(ctx) is parsed
-    ctx.options = {"max_tokens": 64, "shots": 5}
-    assert suite.options(ctx) == Options(max_tokens=64)
+    assert suite.opts(ctx) is parsed
+    ctx.options = {"max_tokens": "64", "reasoning.batch_size": "2"}
+    assert suite.opts(ctx) == Options(max_tokens=64, batch_size=2)
+    ctx.options = {"shots": 5}
+    with pytest.raises(HarnessError, match="unknown option 'shots'.*max_tokens"):
+        suite.opts(ctx)
     specs = {m.name: m for m in suite.metrics}
     assert specs["score"].kind == "points" and specs["score"].higher_is_better and specs["score"].max_drop == 5.0
     assert specs["judge_score"].max_drop is None and specs["n"].higher_is_better is None
@@ -901,6 +906,17 @@ def test_options_and_metrics_declared():
     summary = summarize_records([_record(qid, ANSWERS[qid]["good"]) for qid in Q], QN.categories)
     numeric = {k for k, v in summary.items() if isinstance(v, (int, float)) and not k.endswith("_ci95")}
     assert numeric <= set(specs), numeric - set(specs)
+    # a questionnaire with other categories declares those
+    ctx.options = {}
+    assert {m.name for m in suite.metric_specs(ctx)} == set(specs)
+
+
+def test_custom_questionnaire_categories_are_declared(tmp_path):
+    suite = ReasoningSuite()
+    ctx = SuiteContext(model=None, tokenizer=None, artifact=Path("."), exec_mode="simulated",
+                       reference=lambda: None, options={"questions": str(_write(tmp_path, _minimal()))})
+    names = {m.name for m in suite.metric_specs(ctx)}
+    assert "score_control" in names and "score_debugging" not in names and "score" in names
 
 
 # ---------------------------------------------------------------------------- smoke run
