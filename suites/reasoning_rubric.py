@@ -59,8 +59,27 @@ def _clause_before(text: str, pos: int, words: int = 4) -> str:
     return " ".join(window.split()[-words:])
 
 
-def _negated(text: str, pos: int) -> bool:
+def _negated(text: str, pos: int, end: Optional[int] = None) -> bool:
     return bool(_NEGATION.search(_clause_before(text, pos)))
+
+
+# A final line may mention a wrong answer to dismiss it: "the naive O(n log n)",
+# "O(n log n) is only an upper bound" (but "could also be XSS" asserts it).
+_DISMISSIVE = re.compile(
+    r"\b(?:naive\w*|mistaken\w*|wrong\w*|incorrect\w*|tempting|intuitive|loose|common\s+(?:mistake|misconception))\b",
+    re.IGNORECASE,
+)
+_DISMISSED_AFTER = re.compile(
+    r"\W*(?:\w+\W+){0,2}?(?:is|are|was|would\s+be)\s+(?:not\b|wrong|incorrect|only\s+an?\b|an?\s+(?:loose|naive|"
+    r"common|wrong|upper)\b|too\s+loose)",
+    re.IGNORECASE,
+)
+
+
+def _dismissed(text: str, pos: int, end: int) -> bool:
+    """Negated, or called naive/wrong/only an upper bound in the same clause."""
+    return (_negated(text, pos) or bool(_DISMISSIVE.search(_clause_before(text, pos)))
+            or bool(_DISMISSED_AFTER.match(text, end, end + 60)))
 
 
 def _hedged(text: str, pos: int) -> bool:
@@ -78,11 +97,11 @@ def _in_question(text: str, pos: int) -> bool:
 
 
 def _mentions(patterns, text, guard=None) -> list:
-    """[(start, end)] of pattern matches that survive `guard` (a function of text, pos)."""
+    """[(start, end)] of pattern matches that survive `guard` (a function of text, start, end)."""
     out = []
     for pattern in patterns:
         for m in pattern.finditer(text):
-            if guard is None or not guard(text, m.start()):
+            if guard is None or not guard(text, m.start(), m.end()):
                 out.append((m.start(), m.end()))
     return out
 
@@ -199,7 +218,7 @@ def _check(c: Criterion, final: Optional[str], working: str, answer: str, earlie
         return "no FINAL ANSWER line"
     if c.type == "forbids":
         text = {"answer": answer, "final": final, "working": working}[comp["where"]]
-        hits = _mentions(comp["patterns"], text, _negated)
+        hits = _mentions(comp["patterns"], text, _dismissed)
         if not hits:
             return ""
         start, end = min(hits)
@@ -263,7 +282,7 @@ def _hedge(comp, final: str, right, earlier=(), separators=None) -> str:
         if (_FILLER.sub("", text) and not right(text)) or _hedge(comp, text, right, (), separators):
             return f"final answer hedges: an earlier FINAL ANSWER line says {short(text, 40)!r}"
     for name, patterns in comp.get("wrong", ()):
-        hits = _mentions(patterns, final, _negated)
+        hits = _mentions(patterns, final, _dismissed)
         if hits:
             start, end = min(hits)
             return f"final answer hedges: it also asserts {name!r} ({final[start:end]!r})"

@@ -82,6 +82,8 @@ def test_issue_answers(qid, final, points, v1_points):
     ("debug-binary-search", "3 (should be 4)"),  # a remark, not an alternative
     ("algo-heapify", "O(n), or Θ(n) to be precise"),  # both alternatives are right
     ("sec-path-traversal", "/etc/passwd"),  # a slash inside a path separates nothing
+    ("algo-heapify", "O(n) - the naive O(n log n) bound is not tight"),  # a wrong answer dismissed
+    ("algo-heapify", "O(n); O(n log n) is only an upper bound"),
     ("conc-event-loop", "A, F, C, E, D, B (A and F are synchronous)"),
     ("debug-int-overflow", "-147483648 (int overflow; use long or a + (b - a) / 2)"),  # a remark explains
     ("sec-timing", "timing attack (hmac.compare_digest or any constant-time compare fixes it)"),
@@ -99,6 +101,7 @@ def test_not_hedges(qid, final):
     ("algo-shortest-path", "A, C, B, D, E or A, C, E"),
     ("logic-bat-ball", "$0.05, hmm, maybe $0.10"),
     ("conc-deadlock", "deadlock. Actually, livelock"),
+    ("sec-ssti", "SSTI, could also be XSS"),  # "could" asserts a second answer
     ("sec-ssti", "XSS\nFINAL ANSWER: SSTI"),  # two final lines that differ
     ("algo-heapify", "O(n) or O(n log n)\nFINAL ANSWER: O(n)"),
 ])
