@@ -25,7 +25,7 @@ from typing import Iterator, Optional
 from tabulate import tabulate
 
 from harness.errors import HarnessError
-from harness.options import option, parse_options
+from harness.options import option
 from harness.stats import bootstrap_ci, wilson_ci
 from harness.suite import MetricSpec, Suite, SuiteContext
 from harness.suites.reasoning_answer import short, truncate_after_final
@@ -41,8 +41,8 @@ CATEGORIES = ("debugging", "algorithms", "security", "concurrency", "system_desi
 @dataclass(frozen=True)
 class Options:
     max_tokens: int = option(512, min=1, help="tokens generated per answer at most")
-    batch_size: int = option(8, min=1, help="sequences decoded together (~3.5x the tokens/s of one on CPU, "
-                                            "same text); 1 = mlx_lm.stream_generate one prompt at a time")
+    batch_size: int = option(8, min=1, help="sequences decoded together (~3.5x the tokens/s of one on CPU); "
+                                            "1 = mlx_lm.stream_generate one prompt at a time")
     stop_on_repeat: bool = option(True, help="stop a generation stuck in a token loop")
     questions: Optional[str] = option(None, help="path to another questionnaire file (YAML or JSON)")
     judge: Optional[str] = option(None, help="OpenAI-compatible endpoint of an LLM judge (what --judge sets)")
