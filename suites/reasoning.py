@@ -53,6 +53,8 @@ class Options:
         if self.judge is not None and not self.judge.startswith(("http://", "https://")):
             raise HarnessError(f"reasoning judge {self.judge!r} is not an http(s) URL; "
                                "pass e.g. --judge http://127.0.0.1:8080")
+        if self.questions is not None:
+            load_questionnaire(self.questions)  # a missing or malformed file fails before any build
 
 
 def _category_metric(category: str) -> MetricSpec:

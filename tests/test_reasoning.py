@@ -12,8 +12,11 @@ import pytest
 import yaml
 
 from harness.errors import HarnessError
+from harness.options import parse_options
 from harness.suite import SuiteContext
 from harness.suites.reasoning import (
+    CATEGORIES,
+    Options,
     ReasoningSuite,
     category_table,
     grade_band,
@@ -870,6 +873,7 @@ def test_unreachable_judge_fails_before_generating():
     ({"judge_timeout": "-1"}, "judge_timeout='-1' is out of range"),
     ({"stop_on_repeat": "maybe"}, "stop_on_repeat='maybe' is not true/false"),
     ({"judge": "127.0.0.1:8080"}, "not an http(s) URL"),
+    ({"questions": "/nonexistent/q.yaml"}, "questionnaire /nonexistent/q.yaml not found"),
 ])
 def test_bad_option_values(options, message):
     suite = ReasoningSuite()
@@ -878,11 +882,11 @@ def test_bad_option_values(options, message):
     with pytest.raises(HarnessError) as e:
         suite.items(ctx)  # before any work starts
     assert message in str(e.value)
+    with pytest.raises(HarnessError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_options(Options, options, "reasoning")  # what the runner does before building anything
 
 
 def test_options_and_metrics_declared():
-    from harness.options import parse_options
-    from harness.suites.reasoning import CATEGORIES, Options
 
     suite = ReasoningSuite()
     defaults = Options()
