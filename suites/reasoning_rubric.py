@@ -252,7 +252,17 @@ def _states_answer(comp, text: str) -> bool:
     """Whether `text` states the criterion's answer: a normalised `answers` entry
     (alone or inside the line), the expected `numbers`, or a `patterns` regex."""
     norm = normalise_final(text)
-    if norm in comp["answers"] or _mentions(comp["answer_res"], norm, _negated):
+    if norm in comp["answers"]:
+        return True
+    # the answer is what the line says outside its remarks: "four (three would be
+    # wrong)" does not state three (a remark is a parenthesis after a space, so
+    # O(n) stays whole)
+    said = norm
+    while (unremarked := re.sub(r"(^|\s)\([^()]*\)", r"\1", said)) != said:
+        said = unremarked
+    if not re.search(r"\w", said):
+        said = norm
+    if _mentions(comp["answer_res"], said, _dismissed):
         return True
     expected = comp["numbers"]
     if expected:
@@ -261,7 +271,7 @@ def _states_answer(comp, text: str) -> bool:
             math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9) for a, b in zip(got, expected)
         ):
             return True
-    return bool(_mentions(comp["patterns"], norm, _negated))
+    return bool(_mentions(comp["patterns"], said, _dismissed))
 
 
 def _states_order(comp, text: str) -> bool:

@@ -102,6 +102,8 @@ def test_not_hedges(qid, final):
     ("logic-bat-ball", "$0.05, hmm, maybe $0.10"),
     ("conc-deadlock", "deadlock. Actually, livelock"),
     ("sec-ssti", "SSTI, could also be XSS"),  # "could" asserts a second answer
+    ("debug-binary-search", "it returns index four (three would be wrong)"),  # a remark does not state it
+    ("algo-heapify", "the naive answer O(n) is wrong"),
     ("sec-ssti", "XSS\nFINAL ANSWER: SSTI"),  # two final lines that differ
     ("algo-heapify", "O(n) or O(n log n)\nFINAL ANSWER: O(n)"),
 ])
