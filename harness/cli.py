@@ -99,8 +99,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="native kernels, simulated (dequantized fp32), or auto (simulated on CPU)")
     p.add_argument("--out", default="results", help="results directory (default: results)")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="suite option, e.g. --opt shots=5 --opt max_tokens=256")
-    p.add_argument("--judge", help="OpenAI-compatible endpoint used as an extra grader (reasoning)")
+                   help="suite option, e.g. --opt shots=5 or --opt mmlu.shots=5 (`harness suites` lists them)")
+    p.add_argument("--judge", help="OpenAI-compatible endpoint used as an extra grader "
+                                   "(shortcut for --opt reasoning.judge=URL)")
     p.add_argument("--fresh", action="store_true", help="discard stored items and start over")
 
     p = sub.add_parser("report", help="comparison tables and plots from stored results")
@@ -147,11 +148,36 @@ def cmd_recipes(args) -> int:
 def cmd_suites(args) -> int:
     from tabulate import tabulate
 
+    from harness.options import NoOptions, describe_options
     from harness.suites_registry import available_suites
 
-    rows = [(name, getattr(cls, "description", "")) for name, cls in sorted(available_suites().items())]
-    print(tabulate(rows, headers=["suite", "what it measures"]))
+    suites = sorted(available_suites().items())
+    print(tabulate([(name, getattr(cls, "description", "")) for name, cls in suites],
+                   headers=["suite", "what it measures"]))
+    print("\nOptions (--opt KEY=VALUE for every suite of the run that has KEY, --opt SUITE.KEY=VALUE for one):")
+    for name, cls in suites:
+        rows = describe_options(getattr(cls, "Options", NoOptions))
+        if not rows:
+            continue
+        print(f"\n{name}:")
+        print(tabulate([(key, tp, _show_default(default), _clip(help_)) for key, tp, default, help_ in rows],
+                       headers=["option", "type", "default", "meaning"]))
+    from harness.suites.lm_eval_task import LMEvalOptions
+
+    keys = ", ".join(row[0] for row in describe_options(LMEvalOptions))
+    print(f"\nAlso: --suite lm-eval:TASK runs any lm-eval task (options: {keys})")
     return 0
+
+
+def _clip(text: str, width: int = 110) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _show_default(value) -> str:
+    if isinstance(value, (tuple, list)):
+        text = ",".join(map(str, value))
+        return text if len(text) <= 40 else f"({len(value)} values)"
+    return "-" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _build_options(args, recipe, **kw):

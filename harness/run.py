@@ -1,5 +1,6 @@
 """`harness run`: build or reuse artifacts, run suites, store results, print a summary."""
 
+import dataclasses
 import json
 import sys
 import time
@@ -12,6 +13,7 @@ from tabulate import tabulate
 from harness.build import BuildOptions, build, read_provenance
 from harness.cache import cache_root, sha256_bytes
 from harness.errors import HarnessError
+from harness.options import NoOptions, parse_options, parse_pairs, route_options
 from harness.runtime.execution import is_quantized, load_artifact, on_gpu, resolve_exec_mode
 from harness.results import ItemLog, read_items, result_dir, write_result
 from harness.sources import model_slug
@@ -35,9 +37,11 @@ class RunOptions:
 
     @classmethod
     def from_args(cls, args, recipe_options: dict) -> "RunOptions":
-        options = parse_suite_options(args.opt)
+        options = parse_pairs(args.opt)  # values stay strings: each suite's Options types them
         if args.judge:
-            options["judge"] = args.judge
+            if "reasoning" not in args.suite:
+                raise HarnessError("--judge grades the reasoning suite; add --suite reasoning or drop --judge")
+            options["reasoning.judge"] = args.judge  # the flag is a shortcut for --opt reasoning.judge=URL
         if args.limit is not None and args.limit <= 0:
             raise HarnessError("--limit must be a positive number of items")
         return cls(recipes=args.recipe, suites=args.suite, model=args.model, limit=args.limit, seed=args.seed,
@@ -45,22 +49,29 @@ class RunOptions:
                    recipe_options=recipe_options, progress=not args.no_progress, fresh=args.fresh)
 
 
-def parse_suite_options(pairs) -> dict:
-    out = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise HarnessError(f"--opt {pair!r} is not KEY=VALUE (e.g. --opt shots=5)")
-        key, value = pair.split("=", 1)
-        for cast in (int, float):
-            try:
-                value = cast(value)
-                break
-            except ValueError:
-                pass
+def suite_options(suites: list, raw: dict) -> list:
+    """Each suite's parsed options, from the run's --opt pairs (the one option rule:
+    harness.options). Raises HarnessError before any work when a key is unknown,
+    scoped to a suite not in the run, or a value fails its type/range/choice check.
+
+    A suite that declares no `Options` (an older third-party suite) takes no keys and
+    gets {} in ctx.options, so its `ctx.options.get(...)` calls keep working."""
+    owners = {s.name: getattr(s, "Options", NoOptions) for s in suites}
+    routed = route_options(raw, owners)
+    out = []
+    for s in suites:
+        if hasattr(s, "Options"):
+            out.append(parse_options(s.Options, routed[s.name], s.name))
         else:
-            value = {"true": True, "false": False}.get(value.lower(), value)
-        out[key.strip()] = value
+            out.append({})
     return out
+
+
+def options_dict(options) -> dict:
+    """Options as JSON-able data (run key, provenance)."""
+    if dataclasses.is_dataclass(options) and not isinstance(options, type):
+        return dataclasses.asdict(options)
+    return dict(options or {})
 
 
 class _Reference:
@@ -87,6 +98,7 @@ class _Reference:
 def run(opts: RunOptions, log=print) -> list:
     """Run every (recipe, suite) pair; returns the list of result dicts written."""
     suites = [get_suite(name) for name in opts.suites]  # fail fast on unknown suites
+    parsed = suite_options(suites, opts.options)  # and on bad options, before anything is built
     reference = _Reference(opts)
     slug = model_slug(opts.model)
     written = []
@@ -95,7 +107,7 @@ def run(opts: RunOptions, log=print) -> list:
                                    recipe_options=opts.recipe_options), log=log)
         recipe_name = built.plan.recipe
         loaded = {}
-        for suite in suites:
+        for suite, options in zip(suites, parsed):
             mode = resolve_exec_mode(getattr(suite, "exec_mode", None) or opts.exec_mode)
             if mode not in loaded:
                 loaded.clear()  # one model in memory at a time
@@ -103,7 +115,7 @@ def run(opts: RunOptions, log=print) -> list:
             model, tokenizer = loaded[mode]
             ctx = SuiteContext(model=model, tokenizer=tokenizer, artifact=built.path, exec_mode=mode,
                                reference=reference, reference_path=None, limit=opts.limit, seed=opts.seed,
-                               options=dict(opts.options), cache_dir=cache_root() / "suite-cache" / slug,
+                               options=options, cache_dir=cache_root() / "suite-cache" / slug,
                                progress=opts.progress)
             if getattr(suite, "needs_reference", False):
                 ctx.reference_path = reference.path()
@@ -120,8 +132,9 @@ def run_suite(suite, ctx: SuiteContext, built, opts: RunOptions, recipe_name: st
     out_dir = result_dir(opts.out, slug, recipe_name)
     prov = read_provenance(built.path)
     version = str(getattr(suite, "version", "1"))
+    options = options_dict(ctx.options)
     run_key = sha256_bytes(json.dumps(
-        [prov.get("artifact_key"), suite.name, version, ctx.exec_mode, opts.seed, ctx.options],
+        [prov.get("artifact_key"), suite.name, version, ctx.exec_mode, opts.seed, options],
         sort_keys=True, default=str).encode())[:16]
     items_path = out_dir / f"{suite.name}.items.jsonl"
     if opts.fresh and items_path.exists():
@@ -142,6 +155,7 @@ def run_suite(suite, ctx: SuiteContext, built, opts: RunOptions, recipe_name: st
     records = [r for i, r in log_.records.items() if i in wanted]
     summary = suite.summarize(ctx, records)
     data_info = suite.data_info(ctx) if hasattr(suite, "data_info") else {}
+    specs = suite.metric_specs(ctx) if hasattr(suite, "metric_specs") else getattr(suite, "metrics", ())
     from harness.provenance import provenance
 
     result = {
@@ -152,6 +166,7 @@ def run_suite(suite, ctx: SuiteContext, built, opts: RunOptions, recipe_name: st
         "complete": len(records) == len(items),
         "n_items": len(records),
         "summary": summary,
+        "metrics": [spec.to_json() for spec in specs],
         "artifact": {
             "path": str(built.path),
             "key": prov.get("artifact_key"),
@@ -166,7 +181,7 @@ def run_suite(suite, ctx: SuiteContext, built, opts: RunOptions, recipe_name: st
             "modes": sorted({t.mode for t in built.plan.tensors if t.quantized}),
         },
         "provenance": provenance(kind="result", exec_mode=ctx.exec_mode, seed=opts.seed, limit=opts.limit,
-                                 options=ctx.options, suite_version=version, data=data_info,
+                                 options=options, suite_version=version, data=data_info,
                                  seconds=round(time.time() - t0, 2)),
         "items_file": items_path.name,
     }
@@ -218,9 +233,21 @@ def run_cli(opts: RunOptions) -> int:
     print(tabulate(summary_rows(results), headers=["recipe", "suite", "exec", "items", "bpw", "metrics"],
                    tablefmt="simple"))
     for r in results:
-        for key in ("table", "issues_table"):
-            text = r["summary"].get(key)
-            if isinstance(text, str) and text:
-                print(f"\n{r['recipe']} / {r['suite']}:\n{text}")
+        text = rendered_tables(r)
+        if text:
+            print(f"\n{r['recipe']} / {r['suite']}:\n{text}")
     print(f"\nresults written to {opts.out}/{model_slug(opts.model)}/")
     return 0
+
+
+def rendered_tables(result: dict) -> str:
+    """The suite's own tables for one result, rendered now from its summary data."""
+    try:
+        suite = get_suite(result["suite"])
+    except HarnessError:
+        suite = None
+    text = suite.render(result["summary"]) if suite is not None and hasattr(suite, "render") else ""
+    if not text:  # suites not yet converted still store rendered text
+        parts = [result["summary"].get(k) for k in ("table", "issues_table")]
+        text = "\n\n".join(p for p in parts if isinstance(p, str) and p)
+    return text

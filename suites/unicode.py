@@ -5,7 +5,8 @@ flags, keycaps, CJK, Korean, kana, combining marks in NFC and NFD, RTL text,
 math symbols) and measures three things, so a failure can be blamed on the
 right component:
 
-1. Greedy generation through mlx-lm's `stream_generate`: U+FFFD characters in
+1. Greedy generation (harness.runtime.generate, one prompt at a time: exactly
+   mlx-lm's `stream_generate`): U+FFFD characters in
    the streamed text, invalid UTF-8 sequences in the raw bytes the model
    emitted, and whether the target appears verbatim (exact echo). Failures get
    a before/after excerpt of the first region that differs.
@@ -22,11 +23,11 @@ import difflib
 import json
 import statistics
 import unicodedata
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import mlx.core as mx
-from mlx_lm.generate import stream_generate
 from mlx_lm.tokenizer_utils import (
     BPEStreamingDetokenizer,
     SPMStreamingDetokenizer,
@@ -36,7 +37,11 @@ from tqdm import tqdm
 
 from harness.cache import atomic_write_text, sha256_bytes, sha256_file
 from harness.errors import HarnessError
+from harness.options import option
+from harness.runtime.generate import generate
+from harness.runtime.prompt import encode_prompt, wants_chat
 from harness.stats import wilson_ci
+from harness.suite import MetricSpec, Suite
 
 DATA_FILE = Path(__file__).parent / "data" / "unicode_v1.json"
 CATEGORIES = (
@@ -168,12 +173,12 @@ def diff_excerpt(
 
 
 def build_prompt_ids(tokenizer, template: str, target: str, use_chat: bool) -> list[int]:
-    """Token ids of the echo prompt; the target follows them directly."""
+    """Token ids of the echo prompt; the target follows them directly.
+    use_chat: the chat template when the tokenizer has one (else raw text and a newline)."""
     text = template.replace("{target}", target)
-    if use_chat and tokenizer.has_chat_template:
-        messages = [{"role": "user", "content": text}]
-        return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
-    return list(tokenizer.encode(text + "\n"))
+    if wants_chat("auto" if use_chat else "off", tokenizer):
+        return encode_prompt(tokenizer, text, chat=True)
+    return encode_prompt(tokenizer, text + "\n", chat=False)
 
 
 def detokenizer_check(tokenizer, text: str) -> dict:
@@ -209,14 +214,8 @@ def target_logprob(model, prompt_ids: list[int], target_ids: list[int]) -> float
 
 def generate_echo(model, tokenizer, prompt_ids: list[int], max_tokens: int) -> dict:
     """Greedy generation; the streamed text plus the raw bytes behind it."""
-    segments, tokens, finish = [], [], None
-    for response in stream_generate(model, tokenizer, mx.array(prompt_ids), max_tokens=max_tokens):
-        segments.append(response.text)
-        finish = response.finish_reason
-        # Every response carries a new token, except a final "stop" one (its token is EOS).
-        if finish != "stop":
-            tokens.append(response.token)
-    output = "".join(segments)
+    gen = generate(model, tokenizer, [prompt_ids], max_tokens=max_tokens, batch_size=1)[0]
+    output, tokens, finish = gen.text, gen.tokens, gen.finish_reason
     raw = token_bytes(tokenizer, tokens)
     truncated = 0
     if finish == "length" and raw is not None:
@@ -252,30 +251,46 @@ def score_output(target: str, output: str, raw: Optional[bytes]) -> dict:
 # --- the suite -------------------------------------------------------------
 
 
-class UnicodeSuite:
+@dataclass(frozen=True)
+class UnicodeOptions:
+    """--opt keys of the unicode suite (parsed by harness.options)."""
+
+    chat: str = option("auto", help="echo prompt through the chat template when the tokenizer has one "
+                       "(auto/1/true) or raw (0/false)", choices=("auto", "1", "0", "true", "false"))
+    slack: int = option(SLACK_TOKENS, help="generation budget = 2 x target tokens + slack", min=0)
+
+    @property
+    def use_chat(self) -> bool:
+        return self.chat in ("auto", "1", "true")
+
+
+class UnicodeSuite(Suite):
     name = "unicode"
     description = "echo emoji/CJK/kana/RTL/math text: U+FFFD, invalid UTF-8, detokenizer, log-prob drop"
     version = "1"
     needs_reference = True
     exec_mode = None
+    Options = UnicodeOptions
+    metrics = (
+        MetricSpec("exact_echo_rate", True, "proportion", max_drop=0.02, description="target echoed verbatim"),
+        MetricSpec("normalized_echo_rate", True, "proportion", max_drop=0.02, description="echoed after NFC"),
+        MetricSpec("fffd_rate", False, "proportion", max_drop=0.02, description="outputs with U+FFFD"),
+        MetricSpec("invalid_utf8_rate", False, "proportion", max_drop=0.02,
+                   description="outputs whose raw bytes are invalid UTF-8"),
+        MetricSpec("fffd_chars", False, "count"),
+        MetricSpec("invalid_utf8_sequences", False, "count"),
+        MetricSpec("detok_roundtrip_passed", None, "count", description="targets the tokenizer round-trips"),
+        MetricSpec("logprob_drop_nats_per_char_mean", False, "mean",
+                   description="teacher-forced log-prob drop vs the reference, nats per character"),
+        MetricSpec("logprob_drop_nats_per_char_median", False, "mean"),
+        MetricSpec("n", None, "count"),
+    )
 
     def __init__(self):
+        super().__init__()
         # (reference key, item key) -> reference log-prob, so repeated runs in
         # one process (several recipes) load the reference model once.
         self._ref_memo: dict = {}
-
-    def _options(self, ctx) -> tuple[bool, int]:
-        opts = dict(ctx.options or {})
-        chat = str(opts.pop("chat", "auto")).lower()
-        if chat not in ("auto", "1", "0", "true", "false"):
-            raise HarnessError(f"--opt chat={chat!r} is not valid; use chat=auto, chat=1 or chat=0")
-        try:
-            slack = int(opts.pop("slack", SLACK_TOKENS))
-        except ValueError:
-            raise HarnessError("--opt slack must be an integer number of tokens, e.g. slack=8")
-        if opts:
-            raise HarnessError(f"unknown unicode suite option(s) {sorted(opts)}; known: chat, slack")
-        return chat in ("auto", "1", "true"), slack
 
     def items(self, ctx) -> list[dict]:
         _, items = load_items()
@@ -294,7 +309,7 @@ class UnicodeSuite:
 
     def _prepare(self, ctx, items: list[dict]) -> list[dict]:
         template, _ = load_items()
-        use_chat, _ = self._options(ctx)
+        use_chat = self.opts(ctx).use_chat
         prepared = []
         for it in items:
             prompt_ids = build_prompt_ids(ctx.tokenizer, template, it["target"], use_chat)
@@ -326,7 +341,7 @@ class UnicodeSuite:
         return memo
 
     def run(self, ctx, items: list[dict]):
-        _, slack = self._options(ctx)
+        slack = self.opts(ctx).slack
         prepared = self._prepare(ctx, items)
         is_reference = ctx.is_reference
         ref_lps = None if is_reference else self._reference_logprobs(ctx, prepared)

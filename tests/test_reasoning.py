@@ -12,24 +12,24 @@ import pytest
 import yaml
 
 from harness.errors import HarnessError
+from harness.options import parse_options
 from harness.suite import SuiteContext
 from harness.suites.reasoning import (
-    DATA_FILE,
-    JudgeClient,
+    CATEGORIES,
+    Options,
     ReasoningSuite,
     category_table,
-    grade_answer,
     grade_band,
     issues_table,
-    load_questionnaire,
     looping,
-    numbers_in,
-    parse_judge_reply,
+    render_summary,
     score_table,
-    split_final,
     summarize_records,
-    truncate_after_final,
 )
+from harness.suites.reasoning_answer import numbers_in, split_final, truncate_after_final
+from harness.suites.reasoning_judge import JudgeClient, parse_judge_reply
+from harness.suites.reasoning_questionnaire import DATA_FILE, load_questionnaire
+from harness.suites.reasoning_rubric import grade_answer
 
 QN = load_questionnaire()
 Q = QN.by_id()
@@ -588,9 +588,12 @@ def test_final_answer_robust_to_formatting():
         assert grade.correct, (final, grade.failed)
     # the case of single-letter labels matters: 'a' is not 'A'
     assert not grade_answer(q, "FINAL ANSWER: a, f, c, e, d, b").results[0].passed
-    # the last FINAL ANSWER line wins
+    # the last FINAL ANSWER line is the answer, but an earlier one that differs is a hedge
+    # (generation stops at the first complete FINAL ANSWER line, so a suite run never has two)
     wrong_then_right = "FINAL ANSWER: A, B, C, D, E, F\nWait.\nFINAL ANSWER: A, F, C, E, D, B"
-    assert grade_answer(q, wrong_then_right).results[0].passed
+    assert "earlier FINAL ANSWER line" in grade_answer(q, wrong_then_right).results[0].detail
+    assert grade_answer(q, "**FINAL ANSWER:** A, F, C, E, D, B\nFINAL ANSWER: A F C E D B").results[0].passed
+    assert grade_answer(q, "FINAL ANSWER: A / F / C / E / D / B").results[0].passed  # a slash list is one order
 
 
 def test_final_exact_normalisation_and_numbers():
@@ -612,9 +615,12 @@ def test_forbids_respects_negation_but_not_hedging_in_final():
     q = Q["sec-ssti"]
     ok = grade_answer(q, "FINAL ANSWER: server-side template injection, not XSS")
     assert ok.results[0].passed and ok.results[1].passed
+    assert grade_answer(q, "FINAL ANSWER: SSTI (not XSS or SQL injection)").correct is False  # no working
+    assert grade_answer(q, "FINAL ANSWER: SSTI (not XSS or SQL injection)").results[0].passed
     both = grade_answer(q, "FINAL ANSWER: SSTI and XSS")
-    assert both.results[0].passed and not both.results[1].passed
-    assert "XSS" in both.results[1].detail
+    # asserting the wrong class as well voids the classification, and the forbids criterion fails too
+    assert not both.results[0].passed and not both.results[1].passed
+    assert "hedges" in both.results[0].detail and "XSS" in both.results[1].detail
     # client-side template injection is a different class
     assert not grade_answer(q, "FINAL ANSWER: client-side template injection").results[0].passed
 
@@ -697,6 +703,18 @@ def test_summary_scores_and_tables():
     assert critical and all(name in cells[3] for name in critical)
     assert issues_table(records[1:]) == "No failed criteria."
 
+    # the stored summary is data (no pre-rendered markdown); render_summary draws the tables from it
+    assert not any(isinstance(v, str) and "|" in v for v in summary.values())
+    assert [i["id"] for i in summary["issues"]] == [records[0]["id"]]
+    assert issues_table(summary["issues"]) == issues_table(records)
+    json.dumps(summary)
+    text = ReasoningSuite().render(summary)
+    assert text == render_summary(summary)
+    head = text.splitlines()
+    assert [c.strip() for c in head[0].split("|")[1:4]] == ["Grader", "Score", "Grade"]
+    assert [c.strip() for c in head[2].split("|")[1:4]] == ["rubric", f"{summary['score']:.1f}/100", "S"]
+    assert issues_table(records) in text and "LLM judge" not in text
+
 
 def _write(tmp_path, data) -> Path:
     path = tmp_path / "q.yaml"
@@ -733,6 +751,8 @@ def _minimal():
                                          "severity": "minor"}), "min must be"),
         (lambda q: q["criteria"].append({"type": "forbids", "pattern": ["x"], "points": 1, "severity": "minor"}),
          "unknown field(s) pattern"),
+        (lambda q: q["criteria"][0].update(wrong="5"), "wrong must map wrong-answer names to regex lists"),
+        (lambda q: q["criteria"][0].update(wrong={"five": ["(5"]}), "invalid regex"),
     ],
 )
 def test_malformed_question_names_its_id(tmp_path, mutate, message):
@@ -847,12 +867,60 @@ def test_unreachable_judge_fails_before_generating():
         next(suite.run(ctx, items))
 
 
-def test_bad_option_values():
+@pytest.mark.parametrize("options, message", [
+    ({"max_tokens": "lots"}, "max_tokens='lots' is not an integer"),
+    ({"batch_size": 0}, "batch_size=0 is out of range"),
+    ({"judge_timeout": "-1"}, "judge_timeout='-1' is out of range"),
+    ({"stop_on_repeat": "maybe"}, "stop_on_repeat='maybe' is not true/false"),
+    ({"judge": "127.0.0.1:8080"}, "not an http(s) URL"),
+    ({"questions": "/nonexistent/q.yaml"}, "questionnaire /nonexistent/q.yaml not found"),
+])
+def test_bad_option_values(options, message):
     suite = ReasoningSuite()
     ctx = SuiteContext(model=None, tokenizer=None, artifact=Path("."), exec_mode="simulated",
-                       reference=lambda: None, options={"max_tokens": "lots"})
-    with pytest.raises(HarnessError, match="max_tokens"):
-        next(suite.run(ctx, suite.items(ctx)[:1]))
+                       reference=lambda: None, options=options)
+    with pytest.raises(HarnessError) as e:
+        suite.items(ctx)  # before any work starts
+    assert message in str(e.value)
+    with pytest.raises(HarnessError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_options(Options, options, "reasoning")  # what the runner does before building anything
+
+
+def test_options_and_metrics_declared():
+
+    suite = ReasoningSuite()
+    defaults = Options()
+    assert (defaults.max_tokens, defaults.batch_size, defaults.stop_on_repeat, defaults.judge,
+            defaults.judge_model, defaults.judge_timeout) == (512, 8, True, None, "default_model", 120)
+    # the runner hands over parsed options; direct callers may pass a dict (the same rule parses it)
+    parsed = parse_options(Options, {"max_tokens": "64", "judge": "http://x:1"}, "reasoning")
+    ctx = SuiteContext(model=None, tokenizer=None, artifact=Path("."), exec_mode="simulated",
+                       reference=lambda: None, options=parsed)
+    assert suite.opts(ctx) is parsed
+    ctx.options = {"max_tokens": "64", "reasoning.batch_size": "2"}
+    assert suite.opts(ctx) == Options(max_tokens=64, batch_size=2)
+    ctx.options = {"shots": 5}
+    with pytest.raises(HarnessError, match="unknown option 'shots'.*max_tokens"):
+        suite.opts(ctx)
+    specs = {m.name: m for m in suite.metrics}
+    assert specs["score"].kind == "points" and specs["score"].higher_is_better and specs["score"].max_drop == 5.0
+    assert specs["judge_score"].max_drop is None and specs["n"].higher_is_better is None
+    assert tuple(QN.categories) == CATEGORIES and all(f"score_{c}" in specs for c in CATEGORIES)
+    # every numeric summary key is declared
+    summary = summarize_records([_record(qid, ANSWERS[qid]["good"]) for qid in Q], QN.categories)
+    numeric = {k for k, v in summary.items() if isinstance(v, (int, float)) and not k.endswith("_ci95")}
+    assert numeric <= set(specs), numeric - set(specs)
+    # a questionnaire with other categories declares those
+    ctx.options = {}
+    assert {m.name for m in suite.metric_specs(ctx)} == set(specs)
+
+
+def test_custom_questionnaire_categories_are_declared(tmp_path):
+    suite = ReasoningSuite()
+    ctx = SuiteContext(model=None, tokenizer=None, artifact=Path("."), exec_mode="simulated",
+                       reference=lambda: None, options={"questions": str(_write(tmp_path, _minimal()))})
+    names = {m.name for m in suite.metric_specs(ctx)}
+    assert "score_control" in names and "score_debugging" not in names and "score" in names
 
 
 # ---------------------------------------------------------------------------- smoke run
