@@ -8,7 +8,7 @@ from test_report import MODEL, _write, make_results
 
 from harness.cli import main
 from harness.report.gate import gate, pair_results, parse_max_drop
-from harness.report.core import load_results
+from harness.report.compare import load_results
 from harness.stats import wilson_ci
 
 FOUR_AND_TWO = {"float": (16.0, 0.0, 0.0), "uniform4": (4.5, 0.08, 0.03), "uniform2": (2.5, 0.6, 0.05)}
