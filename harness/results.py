@@ -501,3 +501,16 @@ def remove_stale_temps(folders, sandbox_tmp: Optional[Path] = None, now: Optiona
             if p.is_dir() and old(p, SANDBOX_STALE_S) and _remove(p):
                 removed.append(p)
     return removed
+
+
+def clean_leftovers(out: Path) -> list:
+    """What a `harness run` calls first: stale temps of killed runs in the results
+    dir and the cache, and stale sandbox work dirs in the system temp dir."""
+    import tempfile
+
+    from harness.cache import cache_root
+
+    removed = remove_stale_temps([Path(out), cache_root()], sandbox_tmp=Path(tempfile.gettempdir()))
+    if removed:
+        print(f"harness: note: removed {len(removed)} leftover temp file(s)/dir(s) of killed runs", file=sys.stderr)
+    return removed
