@@ -261,3 +261,15 @@ def test_four_items_are_too_few_to_tell(tmp_path, capsys):
     assert main(["gate", "--baseline", str(base), "--results", str(same)]) == 0
     assert main(["compare", str(base), str(cur)]) == 0
     assert "< 0.001" not in capsys.readouterr().out
+
+
+def test_gate_reads_results_and_metric_specs_only():
+    """The CI gate does not depend on the report's tables, renderers, card or plots."""
+    import subprocess
+    import sys
+
+    code = ("import sys, harness.report.gate; "
+            "bad = sorted(m for m in sys.modules if m.startswith('harness.report.') and m.rsplit('.', 1)[1] "
+            "not in ('gate', 'compare', 'metrics')); print(','.join(bad)); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, f"harness.report.gate pulls in {proc.stdout}{proc.stderr}"

@@ -5,7 +5,8 @@ statistically significant at ALPHA = 0.05 (fixed; two-sided):
 
 * items paired by id on both sides, binary per-item values (correct, pass):
   McNemar exact on the flips;
-* other per-item values (reasoning points, KL, NLL): paired bootstrap;
+* other per-item values (reasoning points, KL, NLL): exact sign-flip permutation
+  test below 10 pairs, paired bootstrap from there;
 * summary only: z-test from the two 95 % CIs ("<metric>_ci95", or value ±
   1.96 "<metric>_err"; Wilson intervals from n for fractions without either).
   A drop no test can be run on is shown as "untestable", warned about, and
@@ -17,9 +18,10 @@ are 0..1, reasoning score is 0..100), `--max-drop ppl=5%` (relative to the
 baseline); METRIC may be a glob and may be prefixed by a suite (`mmlu.acc`).
 With --max-drop only the named metrics are gated; without it the defaults the
 baseline result declares (`max_drop` of its MetricSpecs; for suites that declare
-none, harness.report.metrics.METRICS): accuracies, pass@k, rates and top-1 agreement 0.02 absolute, reasoning score 5 points, perplexity (ppl) +5 % relative, mean
+none, harness.report.metrics.METRICS): accuracies, pass@k, rates and top-1
+agreement 0.02 absolute, reasoning score 5 points, perplexity (ppl) +5 % relative, mean
 KLD (kld, kld_mean) +0.02 absolute; speed, memory, percentiles and counts are
-not gated by default. Exit 0 pass, 1 regression, 2 bad input.
+not gated by default. Exit 0 pass, 1 regression, 2 bad input or cannot judge.
 
 Pairing: results with the same (model, recipe, suite); otherwise, per suite,
 the single result left on each side (so a 2-bit run can be gated against a

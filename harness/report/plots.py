@@ -242,7 +242,8 @@ def quality_metrics(suite: str, per_recipe: dict) -> list:
     if suite == "reasoning":
         return ["score"]
     if suite == "fidelity":
-        return [m for m in fidelity_metrics(per_recipe) if info_of(next(iter(per_recipe.values())), m).max_drop is not None]
+        first = next(iter(per_recipe.values()))
+        return [m for m in fidelity_metrics(per_recipe) if info_of(first, m).max_drop is not None]
     return benchmark_metrics(per_recipe)
 
 
