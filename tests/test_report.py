@@ -299,3 +299,16 @@ def test_json_report_with_explicit_plots_dir(tmp_path):
     images = [b["path"] for b in data["blocks"] if b["kind"] == "image"]
     assert images == ["../figs/pareto_mmlu_acc.png"]  # relative to the report; no sensitivity without a plan
     assert (out.parent / images[0]).resolve().stat().st_size > 20_000 and (figs / "pareto_mmlu_acc.svg").is_file()
+
+
+def test_sandbox_isolation_is_shown(tmp_path):
+    root = tmp_path / "r"
+    for recipe in ("float", "uniform4"):
+        path = _write(root, recipe, "humaneval", {"pass@1": 0.5, "pass@1_ci95": [0.4, 0.6], "n": 100}, [],
+                      {"bpw": 16.0 if recipe == "float" else 4.5})
+        data = json.loads(path.read_text())
+        data["provenance"]["data"]["sandbox"] = "namespaces+rlimits"
+        path.write_text(json.dumps(data))
+    md = make_report(ReportOptions(results=root))
+    header = next(line for line in md.splitlines() if line.startswith("| Suite"))
+    assert header.rstrip("| ").endswith("Sandbox") and "namespaces+rlimits" in md

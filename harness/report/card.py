@@ -103,6 +103,16 @@ def notes(results: list, recipes: list, by_suite: dict, diffs: dict, metrics_of:
     return lines
 
 
+def _isolation(r) -> str:
+    """The sandbox isolation level a code suite recorded (namespaces / seatbelt / rlimits-only ...)."""
+    data = r.provenance.get("data") if isinstance(r.provenance.get("data"), dict) else {}
+    for value in (r.provenance.get("isolation"), data.get("isolation"), data.get("sandbox"),
+                  r.summary.get("isolation")):
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
 def provenance_section(doc: Doc, results: list, level: int, recipes: list):
     rows = []
     for suite in sorted({r.suite for r in results}):
@@ -116,9 +126,13 @@ def provenance_section(doc: Doc, results: list, level: int, recipes: list):
                      ", ".join(sorted({str(r.provenance.get("exec_mode", "-")) for r in rs})),
                      ", ".join(sorted({str(r.provenance.get("limit") or "-") for r in rs})),
                      ", ".join(sorted({str(r.provenance.get("seed", "-")) for r in rs})),
-                     ", ".join(sorted({str(r.provenance.get("suite_version", "-")) for r in rs})), src])
+                     ", ".join(sorted({str(r.provenance.get("suite_version", "-")) for r in rs})), src,
+                     ", ".join(sorted({_isolation(r) or "-" for r in rs}))])
+    headers = ["Suite", "Recipes", "Items", "Exec mode", "Limit", "Seed", "Suite version", "Data", "Sandbox"]
+    if not any(_isolation(r) for r in results):  # only code suites run model-written programs
+        headers, rows = headers[:-1], [row[:-1] for row in rows]
     doc.h(level, "Provenance")
-    doc.table(Table(["Suite", "Recipes", "Items", "Exec mode", "Limit", "Seed", "Suite version", "Data"], rows))
+    doc.table(Table(headers, rows))
     versions = {}
     for r in results:
         for k, v in (r.provenance.get("versions") or {}).items():
