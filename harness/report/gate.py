@@ -42,7 +42,7 @@ report's tables or renderers).
 
 import fnmatch
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -286,14 +286,47 @@ def gate_table(rows: list) -> str:
                                    "verdict"], disable_numparse=True)
 
 
-def gate_cli(args) -> int:
-    thresholds = parse_max_drop(args.max_drop)
-    pairs, unmatched = _load_pairs(args.baseline, args.results)
+@dataclass
+class GateOptions:
+    """What `harness gate` takes (also the Python API: run_gate(GateOptions(...)))."""
+
+    baseline: Path
+    results: Path = Path("results")
+    max_drop: list = field(default_factory=list)  # ["acc=0.02", "ppl=5%", ...]
+
+    @classmethod
+    def from_args(cls, args) -> "GateOptions":
+        return cls(Path(args.baseline), Path(args.results), list(args.max_drop or []))
+
+
+@dataclass
+class GateReport:
+    pairs: list  # [(baseline SuiteResult, current SuiteResult)]
+    rows: list  # [GateRow]
+
+    def with_verdict(self, verdict: str) -> list:
+        return [r for r in self.rows if r.verdict == verdict]
+
+    @property
+    def exit_code(self) -> int:
+        """0 pass, 1 significant regression, 2 a drop on too few items to tell."""
+        return 1 if self.with_verdict("FAIL") else 2 if self.with_verdict(TOO_FEW) else 0
+
+
+def run_gate(opts: GateOptions) -> GateReport:
+    """Pair, check and gate; HarnessError (exit 2) on anything it cannot judge."""
+    thresholds = parse_max_drop(opts.max_drop)
+    pairs, unmatched = _load_pairs(str(opts.baseline), str(opts.results))
     if unmatched:  # a baseline nobody gates would pass silently
         raise HarnessError("no current result for baseline " + ", ".join(f"{b.path} ({b.suite})" for b in unmatched)
-                           + f" in {args.results}; run those suites, or gate against the single result file")
-    rows = gate(pairs, thresholds)
-    for b, c in pairs:
+                           + f" in {opts.results}; run those suites, or gate against the single result file")
+    return GateReport(pairs, gate(pairs, thresholds))
+
+
+def gate_cli(args) -> int:
+    report = run_gate(GateOptions.from_args(args))
+    rows = report.rows
+    for b, c in report.pairs:
         if b.recipe != c.recipe or b.model != c.model:
             print(f"{b.suite}: current {_who(c)} against baseline {_who(b)}")
         if not c.complete:
@@ -303,39 +336,55 @@ def gate_cli(args) -> int:
         return 0
     print(gate_table(rows))
     print(f"\nfails when drop > max drop AND p < {ALPHA} (two-sided; fractions in points, 'pts').")
-    failed = [r for r in rows if r.failed]
-    untested = [r for r in rows if r.verdict == "untestable"]
+    untested = report.with_verdict("untestable")
     if untested:
         print("warning: drops beyond the threshold without per-item data or CIs to test them: "
               + ", ".join(f"{r.suite} {r.diff.metric}" for r in untested))
-    if failed:
+    if report.exit_code == 1:
         print("REGRESSION: " + ", ".join(f"{r.suite} {r.diff.metric} (drop {_drop_text(r.diff)}; {p_eq(r.diff.p)})"
-                                         for r in failed))
-        return 1
-    too_few = [r for r in rows if r.verdict == TOO_FEW]
-    if too_few:
+                                         for r in report.with_verdict("FAIL")))
+    elif report.exit_code == 2:
         print("harness: error: too few items to tell: " + ", ".join(
             f"{r.suite} {r.diff.metric} (drop {_drop_text(r.diff)} on n={r.diff.n}; no outcome of an exact test on "
-            f"{r.diff.n} pairs reaches p < {ALPHA})" for r in too_few)
+            f"{r.diff.n} pairs reaches p < {ALPHA})" for r in report.with_verdict(TOO_FEW))
             + "; gate more items (a larger --limit on both sides)", file=sys.stderr)
-        return 2
-    print(f"gate passed: {len(rows)} metric(s) checked, no significant drop beyond its threshold")
-    return 0
+    else:
+        print(f"gate passed: {len(rows)} metric(s) checked, no significant drop beyond its threshold")
+    return report.exit_code
 
 
 # ----------------------------------------------------------------------------
 # Compare
 
 
-def compare_rows(pairs: list) -> list:
-    rows = []
+@dataclass
+class CompareOptions:
+    """What `harness compare A B` takes (also the Python API: compare_results(CompareOptions(...)))."""
+
+    a: Path
+    b: Path
+
+    @classmethod
+    def from_args(cls, args) -> "CompareOptions":
+        return cls(Path(args.a), Path(args.b))
+
+
+def compare_results(opts: CompareOptions) -> tuple:
+    """([(A result, B result, [Diff of every shared metric])], [A results with no counterpart])."""
+    pairs, unmatched = _load_pairs(str(opts.a), str(opts.b))
+    out = []
     for b, c in pairs:
-        for metric in scalar_metrics(b.summary):
-            if metric not in scalar_metrics(c.summary):
-                continue
-            diff = compare_metric(metric, b, c)
-            if diff is None:
-                continue
+        cm = scalar_metrics(c.summary)
+        diffs = [compare_metric(m, b, c) for m in scalar_metrics(b.summary) if m in cm]
+        out.append((b, c, [d for d in diffs if d is not None]))
+    return out, unmatched
+
+
+def compare_rows(compared: list) -> list:
+    rows = []
+    for b, c, diffs in compared:
+        for diff in diffs:
+            metric = diff.metric
             if diff.info.higher_is_better is None:
                 verdict = ""
             elif diff.settings:
@@ -355,8 +404,8 @@ def compare_rows(pairs: list) -> list:
 
 
 def compare_cli(args) -> int:
-    pairs, unmatched = _load_pairs(args.a, args.b)
-    for b, c in pairs:
+    compared, unmatched = compare_results(CompareOptions.from_args(args))
+    for b, c, _ in compared:
         print(f"{b.suite}: A = {_who(b)} ({b.path}), B = {_who(c)} ({c.path})")
         what = settings_difference(b, c)
         if what:
@@ -365,7 +414,7 @@ def compare_cli(args) -> int:
     for b in unmatched:
         print(f"note: {b.path} ({b.suite}) has no counterpart in {args.b}")
     print()
-    print(tabulate(compare_rows(pairs), headers=["suite", "metric", "A", "B", "B - A", "p", "test", "verdict"],
+    print(tabulate(compare_rows(compared), headers=["suite", "metric", "A", "B", "B - A", "p", "test", "verdict"],
                    disable_numparse=True))
     print(f"\nfractions in %, differences in points; * = significant at p < {ALPHA} (two-sided), "
           "n.s. = not significant.")
