@@ -8,6 +8,7 @@ import pytest
 from test_report import MODEL, _write, make_results
 
 from harness.cli import main
+from harness.errors import HarnessError
 from harness.report.gate import gate, pair_results, parse_max_drop
 from harness.report.compare import load_results
 from harness.stats import wilson_ci
@@ -273,3 +274,17 @@ def test_gate_reads_results_and_metric_specs_only():
             "not in ('gate', 'compare', 'metrics')); print(','.join(bad)); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, f"harness.report.gate pulls in {proc.stdout}{proc.stderr}"
+
+
+def test_settings_difference_names_options_and_reference(tmp_path):
+    from harness.report.compare import settings_difference
+
+    base = _windows(tmp_path / "b", "uniform4", 8, None)
+    cur = _windows(tmp_path / "c", "uniform4", 8, None)
+    b, c = load_results(base)[0], load_results(cur)[0]
+    assert settings_difference(b, c) is None
+    b.provenance["options"], c.provenance["options"] = {"shots": 5, "protocol": "omlx"}, {"shots": 0}
+    b.artifact.source_fingerprint, c.artifact.source_fingerprint = "a" * 64, "b" * 64
+    assert settings_difference(b, c) == "option shots=5 vs 0; reference model aaaaaaaaaaaa vs bbbbbbbbbbbb"
+    with pytest.raises(HarnessError, match="different settings"):
+        gate([(b, c)], [])

@@ -107,10 +107,15 @@ def settings_difference(base: SuiteResult, cur: SuiteResult) -> Optional[str]:
     A setting missing on either side (older results) is not compared."""
     bp, cp = base.provenance, cur.provenance
     diffs = []
-    for key, label in (("limit", "--limit"), ("seed", "seed"), ("suite_version", "suite version"),
-                       ("options", "options")):
+    for key, label in (("limit", "--limit"), ("seed", "seed"), ("suite_version", "suite version")):
         if key in bp and key in cp and bp[key] != cp[key]:
             diffs.append(f"{label} {_short(bp[key])} vs {_short(cp[key])}")
+    bo, co = bp.get("options"), cp.get("options")
+    if isinstance(bo, dict) and isinstance(co, dict):
+        # keys on both sides only: one side may list defaults the other left out (results of older versions)
+        for key in sorted(set(bo) & set(co)):
+            if bo[key] != co[key]:
+                diffs.append(f"option {key}={_short(bo[key])} vs {_short(co[key])}")
     bd, cd = bp.get("data") or {}, cp.get("data") or {}
     if isinstance(bd, dict) and isinstance(cd, dict) and bd.get("sha256") and cd.get("sha256") \
             and bd["sha256"] != cd["sha256"]:
