@@ -288,3 +288,23 @@ def test_settings_difference_names_options_and_reference(tmp_path):
     assert settings_difference(b, c) == "option shots=5 vs 0; reference model aaaaaaaaaaaa vs bbbbbbbbbbbb"
     with pytest.raises(HarnessError, match="different settings"):
         gate([(b, c)], [])
+
+
+def test_declared_metrics_drive_the_gate(tmp_path, capsys):
+    """Declarations stored in the result win over name patterns: 'quality' (a name no pattern knows)
+    is gated by its declared threshold; 'acc' (a pattern-gated name) is not gated when undeclared."""
+    from harness.suite import MetricSpec
+
+    specs = [MetricSpec("quality", True, "proportion", max_drop=0.05, item_key="ok").to_json()]
+    paths = []
+    for recipe, lost in (("uniform4", 0), ("uniform2", 40)):
+        recs = [{"id": f"q{i}", "ok": i >= lost, "correct": i >= lost} for i in range(100)]
+        k = 100 - lost
+        path = _write(tmp_path / recipe, recipe, "toy", {"quality": k / 100, "acc": k / 100, "n": 100}, recs,
+                      {"bpw": 4.5})
+        _edit(path, metrics=specs)
+        paths.append(str(path))
+    assert main(["gate", "--baseline", paths[0], "--results", paths[1]]) == 1
+    out = capsys.readouterr().out
+    assert "REGRESSION: toy quality" in out and " acc " not in out
+    assert "quality (%)" in out and "McNemar exact, n=100, 40↓ 0↑" in out

@@ -8,7 +8,7 @@ per-item record keys). Also the number formatting every table shares.
 
 import fnmatch
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 ALPHA = 0.05  # significance level for every "significant" mark, note and gate decision
@@ -126,11 +126,16 @@ def from_spec(spec, fallback: Optional[Metric] = None) -> Metric:
 def metric_info(name: str, summary: Optional[dict] = None, specs=None) -> Metric:
     """How to read one summary metric: its declaration in `specs` (a result's
     MetricSpec list) when there is one, else the name-pattern table (an unknown
-    key that comes with a CI inside [0, 1] is treated as an accuracy)."""
+    key that comes with a CI inside [0, 1] is treated as an accuracy). For a
+    result that declares metrics, an undeclared one keeps the pattern's display
+    and direction but gets no default gate threshold."""
     for spec in specs or ():
         if spec.name == name:
             return from_spec(spec, _pattern_info(name, summary))
-    return _pattern_info(name, summary)
+    info = _pattern_info(name, summary)
+    if specs and info.max_drop is not None:  # a suite that declares its metrics declares what is gated
+        info = replace(info, max_drop=None)
+    return info
 
 
 def info_of(result, name: str) -> Metric:
