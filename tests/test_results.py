@@ -158,3 +158,23 @@ def test_stale_temps_of_killed_runs_are_removed(tmp_path):
     finally:
         alive.kill()
         alive.wait()
+
+
+def test_smaller_limit_resume_keeps_to_its_own_items(tmp_path):
+    """A run resumed with a smaller --limit summarizes a subset of its item log: the result names
+    those items, so the report pairs and hashes exactly what the summary was computed from."""
+    from harness.results import ItemLog, item_fields, write_result
+
+    items = tmp_path / MODEL / "uniform4" / "toy.items.jsonl"
+    log = ItemLog(items, "k")
+    for i in range(6):
+        log.append({"id": f"q{i}", "correct": i % 2 == 0})
+    used = [log.records[f"q{i}"] for i in range(3)]
+    fields = item_fields(log, used)
+    assert fields["item_ids"] == ["q0", "q1", "q2"]
+    assert item_fields(log, list(log.records.values())).keys() == {"items_sha256"}  # the usual case: all of them
+    path = items.with_name("toy.json")
+    write_result(path, {"model": MODEL, "recipe": "uniform4", "suite": "toy", "run_key": "k", "n_items": 3,
+                        "summary": {"acc": 2 / 3, "n": 3}, "provenance": {}, "items_file": items.name, **fields})
+    r = load_result(path)
+    assert [x["id"] for x in r.records()] == ["q0", "q1", "q2"] and r.check_items() is None
