@@ -40,7 +40,7 @@ def atomic_dir(final: Path):
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))  # pid: stale-temp cleanup
     try:
         yield tmp
         if final.exists():
@@ -59,7 +59,7 @@ def atomic_file(path: Path, mode: str = "wb", durable: bool = True, **open_kwarg
     durable=False skips the fsync (caches that are recomputed when damaged)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)  # pid: stale-temp cleanup
     try:
         umask = os.umask(0)
         os.umask(umask)

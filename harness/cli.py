@@ -245,7 +245,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from harness.report.core import report_cli
+    from harness.report.make import report_cli
 
     return report_cli(args)
 

@@ -15,7 +15,7 @@ from harness.cache import cache_root, sha256_bytes
 from harness.errors import HarnessError
 from harness.options import NoOptions, parse_options, parse_pairs, route_options
 from harness.runtime.execution import is_quantized, load_artifact, on_gpu, resolve_exec_mode
-from harness.results import ItemLog, read_items, result_dir, write_result
+from harness.results import ItemLog, clean_leftovers, item_fields, read_items, result_dir, run_lock, write_result
 from harness.sources import model_slug
 from harness.suite import SuiteContext
 from harness.suites_registry import get_suite
@@ -99,6 +99,7 @@ def run(opts: RunOptions, log=print) -> list:
     """Run every (recipe, suite) pair; returns the list of result dicts written."""
     suites = [get_suite(name) for name in opts.suites]  # fail fast on unknown suites
     parsed = suite_options(suites, opts.options)  # and on bad options, before anything is built
+    clean_leftovers(opts.out)
     reference = _Reference(opts)
     slug = model_slug(opts.model)
     written = []
@@ -123,7 +124,8 @@ def run(opts: RunOptions, log=print) -> list:
             if mode == "native" and not on_gpu() and is_quantized(model):
                 log("  note: MLX's CPU quantized matmul does not use BLAS (a few GFLOP/s): expect minutes per "
                     "4k-token prefill, and CPU speeds that say nothing about Metal")
-            result = run_suite(suite, ctx, built, opts, recipe_name, slug)
+            with run_lock(result_dir(opts.out, slug, recipe_name) / f"{suite.name}.items.jsonl"):  # one writer
+                result = run_suite(suite, ctx, built, opts, recipe_name, slug)
             written.append(result)
     return written
 
@@ -167,6 +169,7 @@ def run_suite(suite, ctx: SuiteContext, built, opts: RunOptions, recipe_name: st
         "n_items": len(records),
         "summary": summary,
         "metrics": [spec.to_json() for spec in specs],
+        **item_fields(log_, records),
         "artifact": {
             "path": str(built.path),
             "key": prov.get("artifact_key"),

@@ -3,20 +3,29 @@
 Every accuracy gets a Wilson 95 % interval (good at small n and near 0/1, where
 the normal approximation is not). Two runs on the same items are compared
 paired: the flips (right->wrong, wrong->right) and McNemar's exact test on them
-for correct/incorrect items, a paired bootstrap for continuous per-item metrics
-(KL, NLL, ...). Pairing removes the between-item variance that dominates an
-unpaired comparison, so small real differences show up.
+for correct/incorrect items; for continuous per-item metrics (KL, NLL, ...) a
+paired bootstrap, or below MIN_BOOTSTRAP_N pairs an exact sign-flip permutation
+test (a bootstrap from 4 items reports "p < 0.001" for any consistent shift; the
+exact test knows that 4 pairs can never reach p < 0.05). Pairing removes the
+between-item variance that dominates an unpaired comparison, so small real
+differences show up.
 
-Records are the suites' per-item dicts; pairing is on "id".
+The numbers come from scipy.stats (binomtest, bootstrap, permutation_test); the
+bootstrap draws the same resamples as the hand-written version it replaced, so
+stored p-values and intervals are unchanged. Records are the suites' per-item
+dicts; pairing is on "id".
 """
 
 import math
 from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
+from scipy import stats as sps
 
 Z95 = 1.959963984540054  # two-sided 95 % normal quantile
-BOOTSTRAP_CHUNK = 1000  # resamples per vectorised step (bounds memory)
+BOOTSTRAP_CHUNK = 1000  # resamples per vectorised step (bounds memory; part of the resample stream)
+MIN_BOOTSTRAP_N = 10  # fewer pairs: exact tests only (a bootstrap of a handful of items is overconfident)
+EXACT_MAX_N = 20  # the exact permutation test enumerates 2**n sign patterns
 
 
 def wilson_ci(k: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -28,30 +37,19 @@ def wilson_ci(k: int, n: int, z: float = Z95) -> tuple[float, float]:
         return (0.0, 1.0)
     if not 0 <= k <= n:
         raise ValueError(f"wilson_ci needs 0 <= k <= n, got k={k}, n={n}")
-    p = k / n
-    z2 = z * z
-    denom = 1 + z2 / n
-    center = (p + z2 / (2 * n)) / denom
-    half = z / denom * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    lo = 0.0 if k == 0 else max(0.0, center - half)  # exact ends, no rounding noise
-    hi = 1.0 if k == n else min(1.0, center + half)
+    level = 1 - 2 * sps.norm.sf(z)
+    ci = sps.binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="wilson")
+    lo = 0.0 if k == 0 else max(0.0, float(ci.low))  # exact ends, no rounding noise
+    hi = 1.0 if k == n else min(1.0, float(ci.high))
     return (lo, hi)
 
 
-def _bootstrap_stats(
-    arrays: Sequence[np.ndarray], statistic: Callable, n_boot: int, seed: int
-) -> np.ndarray:
-    """`statistic` over n_boot resamples of item indices (shared by all arrays,
-    which is what makes a paired bootstrap paired). statistic gets arrays of
-    shape (boots, n) and reduces axis 1."""
-    n = len(arrays[0])
-    rng = np.random.default_rng(seed)
-    out = []
-    for start in range(0, n_boot, BOOTSTRAP_CHUNK):
-        size = min(BOOTSTRAP_CHUNK, n_boot - start)
-        idx = rng.integers(0, n, size=(size, n))
-        out.append(statistic(*(a[idx] for a in arrays)))
-    return np.concatenate(out)
+def _bootstrap(values: Sequence[np.ndarray], statistic: Callable, n_boot: int, seed: int, level: float):
+    """scipy's percentile bootstrap over item indices; batch=BOOTSTRAP_CHUNK keeps
+    the resample stream (rng.integers per chunk) identical to the old code."""
+    return sps.bootstrap(tuple(values), statistic, n_resamples=n_boot, batch=BOOTSTRAP_CHUNK,
+                         confidence_level=level, method="percentile", rng=np.random.default_rng(seed),
+                         vectorized=True, paired=len(values) > 1)
 
 
 def bootstrap_ci(
@@ -68,10 +66,11 @@ def bootstrap_ci(
     v = np.asarray(list(values), dtype=np.float64)
     if len(v) == 0:
         return (float("nan"), float("nan"))
-    stats = _bootstrap_stats([v], lambda x: statistic(x, axis=1), n_boot, seed)
-    alpha = (1 - level) / 2
-    lo, hi = np.quantile(stats, [alpha, 1 - alpha])
-    return (float(lo), float(hi))
+    if np.all(v == v[0]):  # scipy warns on a degenerate distribution; the interval is the value
+        s = float(statistic(v[None, :], axis=1)[0])
+        return (s, s)
+    ci = _bootstrap([v], lambda x, axis: statistic(x, axis=axis), n_boot, seed, level).confidence_interval
+    return (float(ci.low), float(ci.high))
 
 
 def _by_id(records: Iterable[dict]) -> dict:
@@ -107,10 +106,27 @@ def mcnemar_exact(b: int, c: int) -> float:
     n = b + c
     if n == 0:
         return 1.0
-    k = min(b, c)
-    # Exact integer tail, divided once: no float underflow for large n.
-    tail = sum(math.comb(n, i) for i in range(k + 1))
-    return min(1.0, 2 * tail / 2**n)
+    return min(1.0, float(sps.binomtest(min(b, c), n, 0.5).pvalue))
+
+
+def min_attainable_p(n: int) -> float:
+    """The smallest two-sided p an exact paired test (McNemar, sign, sign-flip
+    permutation) can give with n pairs: every pair moving the same way, 2 / 2**n.
+    When it is >= alpha the test cannot tell anything, whatever the data."""
+    return 1.0 if n <= 0 else min(1.0, 2.0 / 2.0 ** n)
+
+
+def sign_flip_exact(a_values: Sequence[float], b_values: Sequence[float]) -> float:
+    """Exact two-sided permutation p of mean(b - a) == 0 under random sign flips of
+    the paired differences (every one of the 2**n patterns enumerated)."""
+    d = np.asarray(b_values, dtype=np.float64) - np.asarray(a_values, dtype=np.float64)
+    if len(d) == 0 or np.all(d == 0):
+        return 1.0
+    if len(d) > EXACT_MAX_N:
+        raise ValueError(f"sign_flip_exact enumerates 2**n patterns; n={len(d)} > {EXACT_MAX_N}")
+    res = sps.permutation_test((d,), lambda x, axis: np.mean(x, axis=axis), permutation_type="samples",
+                               n_resamples=np.inf, vectorized=True, alternative="two-sided")
+    return min(1.0, float(res.pvalue))
 
 
 def paired_bootstrap(
@@ -124,7 +140,9 @@ def paired_bootstrap(
 
     Returns {mean_a, mean_b, delta, delta_ci95, p_value}; p_value is the
     two-sided percentile-bootstrap p: twice the share of resampled deltas on
-    the far side of zero (1.0 when every item is unchanged).
+    the far side of zero (1.0 when every item is unchanged). Callers that
+    decide on the p-value use paired_test, which switches to an exact test
+    below MIN_BOOTSTRAP_N pairs.
     """
     a = np.asarray(a_values, dtype=np.float64)
     b = np.asarray(b_values, dtype=np.float64)
@@ -133,9 +151,11 @@ def paired_bootstrap(
     if len(a) == 0:
         return {"mean_a": None, "mean_b": None, "delta": None, "delta_ci95": None, "p_value": None, "n": 0}
     d = b - a
-    deltas = _bootstrap_stats([d], lambda x: x.mean(axis=1), n_boot, seed)
-    alpha = (1 - level) / 2
-    lo, hi = np.quantile(deltas, [alpha, 1 - alpha])
+    if np.all(d == d[0]):  # every resample is the same delta (scipy warns on a degenerate distribution)
+        deltas, lo, hi = np.full(n_boot, d.mean()), d.mean(), d.mean()
+    else:
+        res = _bootstrap([d], lambda x, axis: x.mean(axis=axis), n_boot, seed, level)
+        deltas, lo, hi = res.bootstrap_distribution, res.confidence_interval.low, res.confidence_interval.high
     if np.all(d == 0):
         p = 1.0
     else:
@@ -148,6 +168,30 @@ def paired_bootstrap(
         "p_value": float(p),
         "n": int(len(a)),
     }
+
+
+def paired_test(a_values: Sequence[float], b_values: Sequence[float], n_boot: int = 5000, seed: int = 0) -> dict:
+    """The test a comparison reports for paired per-item values:
+
+    binary values (0/1) -> exact McNemar on the flips; other values -> exact
+    sign-flip permutation below MIN_BOOTSTRAP_N pairs, paired bootstrap from there.
+    Returns {"p", "test", "n", "lost", "gained", "min_p"}; min_p is the smallest p
+    the test could give at this n (>= alpha: too few items to tell).
+    """
+    a = [float(x) for x in a_values]
+    b = [float(x) for x in b_values]
+    n = len(a)
+    if n == 0:
+        return {"p": None, "test": "-", "n": 0, "lost": None, "gained": None, "min_p": 1.0}
+    if all(x in (0.0, 1.0) for x in a + b):
+        down = sum(1 for x, y in zip(a, b) if x > y)
+        up = sum(1 for x, y in zip(a, b) if y > x)
+        return {"p": mcnemar_exact(down, up), "test": "McNemar exact", "n": n, "down": down, "up": up,
+                "min_p": min_attainable_p(n)}
+    if n < MIN_BOOTSTRAP_N:
+        return {"p": sign_flip_exact(a, b), "test": "exact permutation", "n": n, "min_p": min_attainable_p(n)}
+    return {"p": paired_bootstrap(a, b, n_boot=n_boot, seed=seed)["p_value"], "test": "paired bootstrap", "n": n,
+            "min_p": 0.0}
 
 
 def compare_paired(

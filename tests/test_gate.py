@@ -3,12 +3,14 @@
 import json
 from unittest import mock
 
+import numpy as np
 import pytest
 from test_report import MODEL, _write, make_results
 
 from harness.cli import main
+from harness.errors import HarnessError
 from harness.report.gate import gate, pair_results, parse_max_drop
-from harness.report.core import load_results
+from harness.report.compare import load_results
 from harness.stats import wilson_ci
 
 FOUR_AND_TWO = {"float": (16.0, 0.0, 0.0), "uniform4": (4.5, 0.08, 0.03), "uniform2": (2.5, 0.6, 0.05)}
@@ -140,3 +142,169 @@ def test_compare_prints_every_shared_metric(runs, capsys):
     assert "B worse *" in lines["kld_mean"] and "paired bootstrap, n=80" in lines["kld_mean"]
     assert "paired bootstrap, n=80" in lines["ppl"] and "B worse *" in lines["ppl"]  # on per-window NLL
     assert "worse" not in lines["ppl_err"] and "better" not in lines["ppl_err"]  # errors are informational
+
+
+# ----------------------------------------------------------------------------
+# Results that cannot be silently wrong; like with like; small n
+
+
+def _edit(path, **changes):
+    """Rewrite a result file with top-level or provenance changes (provenance__limit=4)."""
+    data = json.loads(open(path).read())
+    for key, value in changes.items():
+        if key.startswith("provenance__"):
+            data["provenance"][key.split("__", 1)[1]] = value
+        elif value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    open(path, "w").write(json.dumps(data))
+
+
+def _copy_suite(runs, dst, recipe, suite):
+    d = dst / MODEL / recipe
+    d.mkdir(parents=True, exist_ok=True)
+    for ext in (".json", ".items.jsonl"):
+        (d / f"{suite}{ext}").write_bytes((runs / MODEL / recipe / f"{suite}{ext}").read_bytes())
+    return d / f"{suite}.json"
+
+
+@pytest.mark.parametrize("side", ["baseline", "current"])
+@pytest.mark.parametrize("damage", ["truncated", "wrong types"])
+def test_unreadable_result_in_a_directory_is_exit_2_naming_it(runs, tmp_path, capsys, side, damage):
+    base, cur = tmp_path / "base", tmp_path / "cur"
+    _copy_suite(runs, base, "uniform4", "mmlu")
+    _copy_suite(runs, cur, "uniform4", "mmlu")
+    _copy_suite(runs, base, "uniform4", "fidelity")
+    _copy_suite(runs, cur, "uniform4", "fidelity")
+    bad = (base if side == "baseline" else cur) / MODEL / "uniform4" / "fidelity.json"
+    if damage == "truncated":
+        bad.write_text(bad.read_text()[:200])  # a result cut short: it used to be skipped silently
+    else:
+        _edit(bad, summary=[1, 2])
+    assert main(["gate", "--baseline", str(base), "--results", str(cur)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "harness: error:" in err
+    assert main(["report", "--results", str(bad.parent.parent.parent)]) == 2  # the report too, no traceback
+    assert str(bad) in capsys.readouterr().err
+
+
+def test_missing_gated_metric_or_suite_is_exit_2(runs, tmp_path, capsys):
+    base, cur = tmp_path / "base", tmp_path / "cur"
+    _copy_suite(runs, base, "uniform4", "fidelity")
+    cur_file = _copy_suite(runs, cur, "uniform4", "fidelity")
+    data = json.loads(cur_file.read_text())
+    del data["summary"]["kld_mean"]  # a gated metric vanished from the current run
+    _edit(cur_file, summary=data["summary"])
+    assert main(["gate", "--baseline", str(base), "--results", str(cur)]) == 2
+    err = capsys.readouterr().err
+    assert "lacks the gated metric fidelity kld_mean" in err and str(cur_file) in err
+    # a NaN is not a value either
+    data["summary"]["kld_mean"] = float("nan")
+    _edit(cur_file, summary=data["summary"])
+    assert main(["gate", "--baseline", str(base), "--results", str(cur)]) == 2
+    # a baseline suite the current run did not produce is not "passed"
+    _copy_suite(runs, cur, "uniform4", "fidelity")
+    _copy_suite(runs, base, "uniform4", "mmlu")
+    assert main(["gate", "--baseline", str(base), "--results", str(cur)]) == 2
+    assert "no current result for baseline" in capsys.readouterr().err
+
+
+def _windows(root, recipe, n, limit, data_sha="d" * 64, shift=0.0):
+    """A fidelity-like result over the first n windows (prefix-stable, like the real suite)."""
+    recs = [{"id": str(i), "n": 100, "sum_nll": 100 * (3.0 + 0.05 * i + shift), "kld_mean": 0.1 + 0.01 * i}
+            for i in range(n)]
+    ppl = float(np.exp(sum(r["sum_nll"] for r in recs) / (100 * n)))
+    summary = {"ppl": ppl, "kld_mean": float(np.mean([r["kld_mean"] for r in recs])), "n": 100 * n,
+               "n_windows": n}
+    path = _write(root, recipe, "fidelity", summary, recs, {"bpw": 4.5, "key": "same-artifact"})
+    _edit(path, provenance__limit=limit, provenance__data={"source": "x", "sha256": data_sha})
+    return path
+
+
+def test_same_artifact_at_two_limits_is_never_a_regression(tmp_path, capsys):
+    """The issue's case: --limit 4 vs a --limit 8 baseline of the same artifact gave '+13.7 % ppl,
+    p = 0.008' and exit 1. Different settings are named and the gate does not judge (exit 2)."""
+    base = _windows(tmp_path / "b", "uniform4", 8, 8, data_sha="8" * 64)
+    cur = _windows(tmp_path / "c", "uniform4", 4, 4, data_sha="4" * 64)
+    code = main(["gate", "--baseline", str(base), "--results", str(cur)])
+    captured = capsys.readouterr()
+    assert code == 2 and "REGRESSION" not in captured.out
+    assert "different settings (--limit 8 vs 4; data sha256 888888888888 vs 444444444444)" in captured.err
+    # the same data but fewer items scored (e.g. an interrupted run): the values are recomputed on the
+    # shared items, so the delta is 0 there and nothing fails
+    base = _windows(tmp_path / "b2", "uniform4", 8, None)
+    cur = _windows(tmp_path / "c2", "uniform4", 4, None)
+    assert main(["gate", "--baseline", str(base), "--results", str(cur)]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if " ppl " in line)
+    assert "+0 (+0.0%)" in row and "n=4 shared" in row and "exact permutation" in row
+    pairs = pair_results(load_results(base), load_results(cur))
+    d = next(r.diff for r in gate(pairs, []) if r.diff.metric == "ppl")
+    assert d.shared_only and d.base == d.cur == pytest.approx(np.exp(3.0 + 0.05 * 1.5))
+
+
+def test_four_items_are_too_few_to_tell(tmp_path, capsys):
+    """4 windows, every one 10 % worse: a bootstrap said p < 0.001; no exact test on 4 pairs can
+    reach p < 0.05, so the gate says so (exit 2) instead of passing or failing."""
+    base = _windows(tmp_path / "b", "uniform4", 4, None)
+    cur = _windows(tmp_path / "c", "uniform2", 4, None, shift=0.1)
+    pairs = pair_results(load_results(base), load_results(cur))
+    rows = {r.diff.metric: r for r in gate(pairs, [])}
+    assert rows["ppl"].diff.test == "exact permutation" and rows["ppl"].diff.p == pytest.approx(0.125)
+    assert rows["ppl"].verdict == "too few items to tell"
+    assert main(["gate", "--baseline", str(base), "--results", str(cur)]) == 2
+    assert "too few items to tell: fidelity ppl" in capsys.readouterr().err
+    # identical numbers on 4 items: not significant, and no drop, so the gate passes
+    same = _windows(tmp_path / "s", "uniform2", 4, None)
+    d = next(r.diff for r in gate(pair_results(load_results(base), load_results(same)), []) if r.diff.metric == "ppl")
+    assert d.p == 1.0 and not d.significant()
+    assert main(["gate", "--baseline", str(base), "--results", str(same)]) == 0
+    assert main(["compare", str(base), str(cur)]) == 0
+    assert "< 0.001" not in capsys.readouterr().out
+
+
+def test_gate_reads_results_and_metric_specs_only():
+    """The CI gate does not depend on the report's tables, renderers, card or plots."""
+    import subprocess
+    import sys
+
+    code = ("import sys, harness.report.gate; "
+            "bad = sorted(m for m in sys.modules if m.startswith('harness.report.') and m.rsplit('.', 1)[1] "
+            "not in ('gate', 'compare', 'metrics')); print(','.join(bad)); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, f"harness.report.gate pulls in {proc.stdout}{proc.stderr}"
+
+
+def test_settings_difference_names_options_and_reference(tmp_path):
+    from harness.report.compare import settings_difference
+
+    base = _windows(tmp_path / "b", "uniform4", 8, None)
+    cur = _windows(tmp_path / "c", "uniform4", 8, None)
+    b, c = load_results(base)[0], load_results(cur)[0]
+    assert settings_difference(b, c) is None
+    b.provenance["options"], c.provenance["options"] = {"shots": 5, "protocol": "omlx"}, {"shots": 0}
+    b.artifact.source_fingerprint, c.artifact.source_fingerprint = "a" * 64, "b" * 64
+    assert settings_difference(b, c) == "option shots=5 vs 0; reference model aaaaaaaaaaaa vs bbbbbbbbbbbb"
+    with pytest.raises(HarnessError, match="different settings"):
+        gate([(b, c)], [])
+
+
+def test_declared_metrics_drive_the_gate(tmp_path, capsys):
+    """Declarations stored in the result win over name patterns: 'quality' (a name no pattern knows)
+    is gated by its declared threshold; 'acc' (a pattern-gated name) is not gated when undeclared."""
+    from harness.suite import MetricSpec
+
+    specs = [MetricSpec("quality", True, "proportion", max_drop=0.05, item_key="ok").to_json()]
+    paths = []
+    for recipe, lost in (("uniform4", 0), ("uniform2", 40)):
+        recs = [{"id": f"q{i}", "ok": i >= lost, "correct": i >= lost} for i in range(100)]
+        k = 100 - lost
+        path = _write(tmp_path / recipe, recipe, "toy", {"quality": k / 100, "acc": k / 100, "n": 100}, recs,
+                      {"bpw": 4.5})
+        _edit(path, metrics=specs)
+        paths.append(str(path))
+    assert main(["gate", "--baseline", paths[0], "--results", paths[1]]) == 1
+    out = capsys.readouterr().out
+    assert "REGRESSION: toy quality" in out and " acc " not in out
+    assert "quality (%)" in out and "McNemar exact, n=100, 40↓ 0↑" in out

@@ -12,8 +12,11 @@ import numpy as np
 import pytest
 
 from harness.cli import main
-from harness.report.core import (Result, compare_metric, load_results, make_report, metric_info, ReportOptions,
-                            speed_rows)
+from harness.report.compare import compare_metric, load_results
+from harness.report.make import ReportOptions, make_report
+from harness.report.metrics import metric_info
+from harness.report.tables import speed_rows
+from harness.results import SuiteResult
 from harness.results import ItemLog, result_dir, write_result
 from harness.stats import mcnemar_exact, wilson_ci
 
@@ -216,7 +219,7 @@ def test_html_and_json_formats(results_dir):
     page = make_report(ReportOptions(results=results_dir, format="html"))
     assert page.startswith("<!doctype html>") and page.count("<table>") >= 6 and "<h3>Speed</h3>" in page
     data = json.loads(make_report(ReportOptions(results=results_dir, format="json")))
-    assert data["schema"] == "harness.report.core/1"
+    assert data["schema"] == "harness.report/1"
     by = {(r["recipe"], r["suite"]): r for r in data["results"]}
     assert len(by) == 25 and by[("uniform2", "mmlu")]["metrics"]["acc"] == pytest.approx(
         load_results(results_dir / MODEL / "uniform2" / "mmlu.json")[0].summary["acc"])
@@ -282,7 +285,7 @@ def test_result_dir_scan_skips_other_json(results_dir, tmp_path):
     (root / "notes.json").write_text("[1, 2]")
     (root / "plan.json").write_text('{"format": "harness.plan/1"}')
     loaded = load_results(root)
-    assert len(loaded) == 25 and all(isinstance(r, Result) for r in loaded)
+    assert len(loaded) == 25 and all(isinstance(r, SuiteResult) for r in loaded)
 
 
 def test_json_report_with_explicit_plots_dir(tmp_path):
@@ -296,3 +299,16 @@ def test_json_report_with_explicit_plots_dir(tmp_path):
     images = [b["path"] for b in data["blocks"] if b["kind"] == "image"]
     assert images == ["../figs/pareto_mmlu_acc.png"]  # relative to the report; no sensitivity without a plan
     assert (out.parent / images[0]).resolve().stat().st_size > 20_000 and (figs / "pareto_mmlu_acc.svg").is_file()
+
+
+def test_sandbox_isolation_is_shown(tmp_path):
+    root = tmp_path / "r"
+    for recipe in ("float", "uniform4"):
+        path = _write(root, recipe, "humaneval", {"pass@1": 0.5, "pass@1_ci95": [0.4, 0.6], "n": 100}, [],
+                      {"bpw": 16.0 if recipe == "float" else 4.5})
+        data = json.loads(path.read_text())
+        data["provenance"]["data"]["sandbox"] = "namespaces+rlimits"
+        path.write_text(json.dumps(data))
+    md = make_report(ReportOptions(results=root))
+    header = next(line for line in md.splitlines() if line.startswith("| Suite"))
+    assert header.rstrip("| ").endswith("Sandbox") and "namespaces+rlimits" in md

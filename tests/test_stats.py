@@ -99,3 +99,56 @@ def test_compare_paired_summary():
     # records without "correct": only the metric is compared
     out = compare_paired([{"id": 1, "kl": 0.0}], [{"id": 1, "kl": 1.0}], metric="kl")
     assert out["n_paired"] == 0 and out["kl"]["delta"] == 1.0
+
+
+# Values of the hand-written implementation these functions replaced (commit e2a0c67), pinned: the
+# scipy-backed versions must give the same numbers (bootstrap: the same resamples, bit for bit).
+OLD_WILSON = {(0, 1): (0.0, 0.7934506856227626), (1, 1): (0.20654931437723745, 1.0),
+              (3, 7): (0.15821985525146975, 0.7495416354723428), (50, 100): (0.4038315303659956, 0.5961684696340044),
+              (0, 10): (0.0, 0.2775327998628892), (10, 10): (0.7224672001371107, 1.0),
+              (123, 456): (0.23104962756216274, 0.3122712366796905), (1, 3): (0.06149194472039615, 0.7923403991979523)}
+OLD_MCNEMAR = {(0, 1): 1.0, (1, 9): 0.021484375, (3, 4): 1.0, (0, 6): 0.03125, (20, 35): 0.058064146792409066,
+               (400, 500): 0.0009564441369189461, (7, 0): 0.015625}
+
+
+def test_values_identical_to_the_hand_written_versions():
+    for (k, n), (lo, hi) in OLD_WILSON.items():
+        got = wilson_ci(k, n)
+        assert got[0] == pytest.approx(lo, rel=1e-12, abs=1e-15) and got[1] == pytest.approx(hi, rel=1e-12)
+    for (b, c), p in OLD_MCNEMAR.items():
+        assert mcnemar_exact(b, c) == pytest.approx(p, rel=1e-12)
+    rng = np.random.default_rng(5)
+    v = rng.normal(0, 1, 37)
+    assert bootstrap_ci(v, n_boot=3000, seed=2) == (-0.5474530415452328, -0.02045015577756749)
+    assert bootstrap_ci(v, statistic=np.median, n_boot=2500, seed=1) == (-0.7133133716322436, -0.03788574104406823)
+    a = rng.normal(3, 1, 50)
+    b = a + rng.normal(0.1, 0.3, 50)
+    r = paired_bootstrap(a, b, n_boot=5000, seed=0)
+    assert r["delta_ci95"] == [0.030261281105523605, 0.17266178125946413] and r["p_value"] == 0.0076
+    assert r["delta"] == pytest.approx(0.09937648913022926, rel=1e-12)
+    r = paired_bootstrap(a[:12], b[:12], n_boot=10000, seed=0)
+    assert r["delta_ci95"] == [-0.12116653645960887, 0.1284779952342349] and r["p_value"] == 0.9536
+
+
+def test_small_n_uses_exact_tests():
+    from harness.stats import MIN_BOOTSTRAP_N, min_attainable_p, paired_test, sign_flip_exact
+
+    # 4 pairs, the same shift on every item: a bootstrap says p = 0 ("p < 0.001"); the exact
+    # sign-flip test knows only 2 of the 16 sign patterns are this extreme: p = 0.125
+    a = [20.0, 21.0, 19.5, 22.0]
+    b = [x + 0.5 for x in a]
+    assert paired_bootstrap(a, b)["p_value"] == 0.0
+    t = paired_test(a, b)
+    assert t["test"] == "exact permutation" and t["p"] == pytest.approx(0.125) and t["min_p"] == 0.125
+    assert paired_test(a, a)["p"] == 1.0  # identical numbers: nothing to see
+    # exact permutation p by hand: d = [1, 2, 3, -1]; |mean| >= 1.25 for the patterns with sums >= 5 or <= -5
+    d = [1.0, 2.0, 3.0, -1.0]
+    sums = [sum(s * x for s, x in zip(signs, d)) for signs in
+            [[(m >> i & 1) * 2 - 1 for i in range(4)] for m in range(16)]]
+    expected = sum(abs(s) >= 5 - 1e-12 for s in sums) / 16
+    assert sign_flip_exact([0.0] * 4, d) == pytest.approx(expected)
+    assert min_attainable_p(5) == 2 / 32 and min_attainable_p(6) == 2 / 64  # 6 pairs: first n that can tell
+    # binary values: exact McNemar; from MIN_BOOTSTRAP_N pairs on, the bootstrap as before
+    assert paired_test([1, 1, 0, 1], [0, 1, 0, 0])["test"] == "McNemar exact"
+    many = paired_test(list(range(MIN_BOOTSTRAP_N)), [x + 0.1 * (x % 3) for x in range(MIN_BOOTSTRAP_N)])
+    assert many["test"] == "paired bootstrap" and many["min_p"] == 0.0

@@ -5,7 +5,8 @@ statistically significant at ALPHA = 0.05 (fixed; two-sided):
 
 * items paired by id on both sides, binary per-item values (correct, pass):
   McNemar exact on the flips;
-* other per-item values (reasoning points, KL, NLL): paired bootstrap;
+* other per-item values (reasoning points, KL, NLL): exact sign-flip permutation
+  test below 10 pairs, paired bootstrap from there;
 * summary only: z-test from the two 95 % CIs ("<metric>_ci95", or value ±
   1.96 "<metric>_err"; Wilson intervals from n for fractions without either).
   A drop no test can be run on is shown as "untestable", warned about, and
@@ -15,29 +16,42 @@ Drops are direction-aware (drop = baseline - current when higher is better).
 Thresholds: `--max-drop acc=0.03` (absolute, in the metric's units: fractions
 are 0..1, reasoning score is 0..100), `--max-drop ppl=5%` (relative to the
 baseline); METRIC may be a glob and may be prefixed by a suite (`mmlu.acc`).
-With --max-drop only the named metrics are gated; without it the defaults of
-harness.report.core.METRICS apply: accuracies, pass@k, rates and top-1 agreement
-0.02 absolute, reasoning score 5 points, perplexity (ppl) +5 % relative, mean
+With --max-drop only the named metrics are gated; without it the defaults the
+baseline result declares (`max_drop` of its MetricSpecs; for suites that declare
+none, harness.report.metrics.METRICS): accuracies, pass@k, rates and top-1
+agreement 0.02 absolute, reasoning score 5 points, perplexity (ppl) +5 % relative, mean
 KLD (kld, kld_mean) +0.02 absolute; speed, memory, percentiles and counts are
-not gated by default. Exit 0 pass, 1 regression, 2 bad input.
+not gated by default. Exit 0 pass, 1 regression, 2 bad input or cannot judge.
 
 Pairing: results with the same (model, recipe, suite); otherwise, per suite,
 the single result left on each side (so a 2-bit run can be gated against a
 4-bit baseline). A baseline stored inside the --results directory is not
 compared with itself.
+
+The gate never passes on what it could not check (exit 2, naming the file or
+the difference): a result that cannot be read, a baseline result with no current
+counterpart, a gated metric missing on either side, results computed under
+different settings (--limit, seed, options, suite version, data, reference), or
+a drop beyond its threshold on too few items for any test to tell (fewer than 6
+pairs: an exact test cannot reach p < 0.05). Tests use only the items both runs
+scored, and the values they compare are recomputed on those items.
+
+Reads results, metric declarations and the comparison code only (never the
+report's tables or renderers).
 """
 
 import fnmatch
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from tabulate import tabulate
 
 from harness.errors import HarnessError
-from harness.report.core import ALPHA, Diff, Result, compare_metric, fmt_value, latest_by_key, load_results, metric_info, \
-    metric_label, p_eq, p_text, scalar_metrics
+from harness.report.compare import Diff, compare_metric, latest_by_key, load_results, settings_difference
+from harness.report.metrics import ALPHA, fmt_value, info_of, metric_label, p_eq, p_text, scalar_metrics
+from harness.results import SuiteResult
 
 
 @dataclass
@@ -81,8 +95,8 @@ def parse_max_drop(specs) -> list:
     return out
 
 
-def default_threshold(metric: str, summary: dict) -> Optional[Threshold]:
-    info = metric_info(metric, summary)
+def default_threshold(metric: str, result: SuiteResult) -> Optional[Threshold]:
+    info = info_of(result, metric)
     if info.max_drop is None or info.higher_is_better is None:
         return None
     return Threshold(None, metric, info.max_drop, info.relative, "default")
@@ -141,7 +155,7 @@ def _load_pairs(baseline_path: str, current_path: str) -> tuple:
     return pairs, unmatched
 
 
-def _who(r: Result) -> str:
+def _who(r: SuiteResult) -> str:
     return f"{r.recipe}" if r.model == "?" else f"{r.model}/{r.recipe}"
 
 
@@ -169,28 +183,58 @@ def _verdict(diff: Diff, limit: float, alpha: float) -> str:
         return "ok"
     if diff.p is None:
         return "untestable"
-    return "FAIL" if diff.p < alpha else "ok (n.s.)"
+    if diff.p < alpha:
+        return "FAIL"
+    return TOO_FEW if diff.too_few else "ok (n.s.)"
+
+
+TOO_FEW = "too few items to tell"
+
+
+def check_settings(pairs: list) -> None:
+    """HarnessError (one line) when any pair was computed under different settings."""
+    problems = []
+    for b, c in pairs:
+        what = settings_difference(b, c)
+        if what:
+            problems.append(f"{b.suite}: baseline {b.path} and current {c.path} were computed under different "
+                            f"settings ({what})")
+    if problems:
+        raise HarnessError("; ".join(problems) + "; re-run the current results with the baseline's settings "
+                           "(or gate against a baseline made with these)")
 
 
 def gate(pairs: list, thresholds: list, alpha: float = ALPHA) -> list:
     """GateRow for every (pair, gated metric). With thresholds, only metrics
     they name are gated (the first matching threshold applies); without, the
-    registry defaults. A threshold matching no metric is bad input."""
+    defaults of the baseline's metric declarations. A threshold matching no
+    metric, a gated metric missing on either side, or results computed under
+    different settings are bad input (HarnessError)."""
+    check_settings(pairs)
     rows, used = [], set()
     for b, c in pairs:
-        shared = [m for m in scalar_metrics(b.summary) if m in scalar_metrics(c.summary)]
-        for metric in shared:
+        bm, cm = scalar_metrics(b.summary), scalar_metrics(c.summary)
+        for metric in list(bm) + [m for m in cm if m not in bm]:
             if thresholds:
                 t = next((t for t in thresholds if t.matches(b.suite, metric)), None)
             else:
-                t = default_threshold(metric, b.summary)
+                t = default_threshold(metric, b) if metric in bm else None
             if t is None:
                 continue
-            if metric_info(metric, b.summary).higher_is_better is None:
+            info = info_of(b if metric in bm else c, metric)
+            if info.higher_is_better is None:
                 if thresholds and not any(ch in t.metric for ch in "*?["):
                     raise HarnessError(f"--max-drop {t.spec}: {b.suite} {metric} is informational (no better "
                                        "direction); gate a quality metric instead")
                 continue  # a glob such as '*' does not gate counts
+            if metric not in cm:  # a gated metric vanished: never pass on it
+                raise HarnessError(f"current result {c.path} lacks the gated metric {b.suite} {metric} (the baseline "
+                                   f"{b.path} has it); re-run that suite, or gate other metrics with --max-drop")
+            if metric not in bm:
+                if any(ch in t.metric for ch in "*?["):
+                    continue  # a glob over a metric only the current run has: nothing to compare with
+                raise HarnessError(f"baseline {b.path} lacks the gated metric {b.suite} {metric}; "
+                                   "regenerate the baseline or drop that --max-drop")
             diff = compare_metric(metric, b, c)
             if diff is None:
                 continue
@@ -200,7 +244,7 @@ def gate(pairs: list, thresholds: list, alpha: float = ALPHA) -> list:
     unused = [t.spec for t in thresholds if t.spec not in used]
     if unused:
         available = sorted({f"{b.suite}.{m}" for b, c in pairs for m in scalar_metrics(b.summary)
-                            if m in scalar_metrics(c.summary) and metric_info(m, b.summary).higher_is_better is not None})
+                            if m in scalar_metrics(c.summary) and info_of(b, m).higher_is_better is not None})
         raise HarnessError(f"--max-drop {', '.join(unused)} matches no metric of the compared results; "
                            f"available: {', '.join(available)}")
     return rows
@@ -228,7 +272,7 @@ def _limit_text(row: GateRow) -> str:
 def _test_text(diff: Diff) -> str:
     text = diff.test
     if diff.n:
-        text += f", n={diff.n}"
+        text += f", n={diff.n}" + (" shared" if diff.shared_only else "")
     if diff.lost is not None:
         text += f", {diff.lost}↓ {diff.gained}↑"
     return text
@@ -242,50 +286,109 @@ def gate_table(rows: list) -> str:
                                    "verdict"], disable_numparse=True)
 
 
+@dataclass
+class GateOptions:
+    """What `harness gate` takes (also the Python API: run_gate(GateOptions(...)))."""
+
+    baseline: Path
+    results: Path = Path("results")
+    max_drop: list = field(default_factory=list)  # ["acc=0.02", "ppl=5%", ...]
+
+    @classmethod
+    def from_args(cls, args) -> "GateOptions":
+        return cls(Path(args.baseline), Path(args.results), list(args.max_drop or []))
+
+
+@dataclass
+class GateReport:
+    pairs: list  # [(baseline SuiteResult, current SuiteResult)]
+    rows: list  # [GateRow]
+
+    def with_verdict(self, verdict: str) -> list:
+        return [r for r in self.rows if r.verdict == verdict]
+
+    @property
+    def exit_code(self) -> int:
+        """0 pass, 1 significant regression, 2 a drop on too few items to tell."""
+        return 1 if self.with_verdict("FAIL") else 2 if self.with_verdict(TOO_FEW) else 0
+
+
+def run_gate(opts: GateOptions) -> GateReport:
+    """Pair, check and gate; HarnessError (exit 2) on anything it cannot judge."""
+    thresholds = parse_max_drop(opts.max_drop)
+    pairs, unmatched = _load_pairs(str(opts.baseline), str(opts.results))
+    if unmatched:  # a baseline nobody gates would pass silently
+        raise HarnessError("no current result for baseline " + ", ".join(f"{b.path} ({b.suite})" for b in unmatched)
+                           + f" in {opts.results}; run those suites, or gate against the single result file")
+    return GateReport(pairs, gate(pairs, thresholds))
+
+
 def gate_cli(args) -> int:
-    thresholds = parse_max_drop(args.max_drop)
-    pairs, unmatched = _load_pairs(args.baseline, args.results)
-    rows = gate(pairs, thresholds)
-    for b, c in pairs:
+    report = run_gate(GateOptions.from_args(args))
+    rows = report.rows
+    for b, c in report.pairs:
         if b.recipe != c.recipe or b.model != c.model:
             print(f"{b.suite}: current {_who(c)} against baseline {_who(b)}")
-        if c.data.get("complete") is False:
+        if not c.complete:
             print(f"note: {c.path} is incomplete (interrupted run); resume it for a full comparison")
-    for b in unmatched:
-        print(f"note: baseline {b.path} ({b.suite}) has no matching current result; not gated")
     if not rows:
         print("nothing to gate: no shared metric has a threshold (add --max-drop METRIC=VALUE)")
         return 0
     print(gate_table(rows))
     print(f"\nfails when drop > max drop AND p < {ALPHA} (two-sided; fractions in points, 'pts').")
-    failed = [r for r in rows if r.failed]
-    untested = [r for r in rows if r.verdict == "untestable"]
+    untested = report.with_verdict("untestable")
     if untested:
         print("warning: drops beyond the threshold without per-item data or CIs to test them: "
               + ", ".join(f"{r.suite} {r.diff.metric}" for r in untested))
-    if failed:
+    if report.exit_code == 1:
         print("REGRESSION: " + ", ".join(f"{r.suite} {r.diff.metric} (drop {_drop_text(r.diff)}; {p_eq(r.diff.p)})"
-                                         for r in failed))
-        return 1
-    print(f"gate passed: {len(rows)} metric(s) checked, no significant drop beyond its threshold")
-    return 0
+                                         for r in report.with_verdict("FAIL")))
+    elif report.exit_code == 2:
+        print("harness: error: too few items to tell: " + ", ".join(
+            f"{r.suite} {r.diff.metric} (drop {_drop_text(r.diff)} on n={r.diff.n}; no outcome of an exact test on "
+            f"{r.diff.n} pairs reaches p < {ALPHA})" for r in report.with_verdict(TOO_FEW))
+            + "; gate more items (a larger --limit on both sides)", file=sys.stderr)
+    else:
+        print(f"gate passed: {len(rows)} metric(s) checked, no significant drop beyond its threshold")
+    return report.exit_code
 
 
 # ----------------------------------------------------------------------------
 # Compare
 
 
-def compare_rows(pairs: list) -> list:
-    rows = []
+@dataclass
+class CompareOptions:
+    """What `harness compare A B` takes (also the Python API: compare_results(CompareOptions(...)))."""
+
+    a: Path
+    b: Path
+
+    @classmethod
+    def from_args(cls, args) -> "CompareOptions":
+        return cls(Path(args.a), Path(args.b))
+
+
+def compare_results(opts: CompareOptions) -> tuple:
+    """([(A result, B result, [Diff of every shared metric])], [A results with no counterpart])."""
+    pairs, unmatched = _load_pairs(str(opts.a), str(opts.b))
+    out = []
     for b, c in pairs:
-        for metric in scalar_metrics(b.summary):
-            if metric not in scalar_metrics(c.summary):
-                continue
-            diff = compare_metric(metric, b, c)
-            if diff is None:
-                continue
+        cm = scalar_metrics(c.summary)
+        diffs = [compare_metric(m, b, c) for m in scalar_metrics(b.summary) if m in cm]
+        out.append((b, c, [d for d in diffs if d is not None]))
+    return out, unmatched
+
+
+def compare_rows(compared: list) -> list:
+    rows = []
+    for b, c, diffs in compared:
+        for diff in diffs:
+            metric = diff.metric
             if diff.info.higher_is_better is None:
                 verdict = ""
+            elif diff.settings:
+                verdict = "settings differ"
             elif diff.delta == 0:
                 verdict = "="
             else:
@@ -301,13 +404,17 @@ def compare_rows(pairs: list) -> list:
 
 
 def compare_cli(args) -> int:
-    pairs, unmatched = _load_pairs(args.a, args.b)
-    for b, c in pairs:
+    compared, unmatched = compare_results(CompareOptions.from_args(args))
+    for b, c, _ in compared:
         print(f"{b.suite}: A = {_who(b)} ({b.path}), B = {_who(c)} ({c.path})")
+        what = settings_difference(b, c)
+        if what:
+            print(f"harness: warning: {b.suite}: A and B were computed under different settings ({what}); "
+                  "no tests shown", file=sys.stderr)
     for b in unmatched:
         print(f"note: {b.path} ({b.suite}) has no counterpart in {args.b}")
     print()
-    print(tabulate(compare_rows(pairs), headers=["suite", "metric", "A", "B", "B - A", "p", "test", "verdict"],
+    print(tabulate(compare_rows(compared), headers=["suite", "metric", "A", "B", "B - A", "p", "test", "verdict"],
                    disable_numparse=True))
     print(f"\nfractions in %, differences in points; * = significant at p < {ALPHA} (two-sided), "
           "n.s. = not significant.")

@@ -15,8 +15,10 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 
 from harness.cache import atomic_file
-from harness.report.core import (DEDICATED, EQUAL_BPW, Result, _is_number, benchmark_metrics, ci95, fidelity_metrics, metric_info,
-                     metric_label, recipe_order, speed_rows)
+from harness.report.compare import EQUAL_BPW, recipe_order
+from harness.report.metrics import _is_number, ci95, info_of, metric_label
+from harness.report.tables import DEDICATED, benchmark_metrics, fidelity_metrics, speed_rows
+from harness.results import SuiteResult
 
 STYLE = {"font.size": 11, "axes.titlesize": 13, "axes.labelsize": 11, "legend.fontsize": 9.5,
          "xtick.labelsize": 10, "ytick.labelsize": 10}
@@ -62,7 +64,7 @@ def _scale(info) -> float:
 def pareto_plot(per_recipe: dict, suite: str, metric: str, styles: dict, stem: Path) -> Optional[list]:
     """Quality vs effective bpw, one point per recipe (± CI), the Pareto front
     drawn, recipes of equal size joined by a vertical bracket, float as a line."""
-    info = metric_info(metric, next(iter(per_recipe.values())).summary)
+    info = info_of(next(iter(per_recipe.values())), metric)
     if info.higher_is_better is None:
         return None
     scale = _scale(info)
@@ -199,7 +201,7 @@ def _layer_index(label: str) -> Optional[int]:
     return int(m[-1]) if m else None
 
 
-def sensitivity_plot(result: Result, stem: Path) -> Optional[list]:
+def sensitivity_plot(result: SuiteResult, stem: Path) -> Optional[list]:
     """Per-layer sensitivity bars, coloured by the widest bits the plan gave each layer."""
     got = read_sensitivity(result.artifact.get("path", ""))
     if got is None:
@@ -240,7 +242,8 @@ def quality_metrics(suite: str, per_recipe: dict) -> list:
     if suite == "reasoning":
         return ["score"]
     if suite == "fidelity":
-        return [m for m in fidelity_metrics(per_recipe) if metric_info(m).max_drop is not None]
+        first = next(iter(per_recipe.values()))
+        return [m for m in fidelity_metrics(per_recipe) if info_of(first, m).max_drop is not None]
     return benchmark_metrics(per_recipe)
 
 
