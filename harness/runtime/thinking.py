@@ -134,19 +134,18 @@ def split_thinking(text: str, *, opened: Optional[bool] = None, count: Optional[
                          answer_budget_hit=bool(hit_limit and closed))
 
 
+def encode_plain(tokenizer, text: str) -> list:
+    """Token ids of `text` without special tokens (generated text has none of its own)."""
+    hf = getattr(tokenizer, "_tokenizer", tokenizer)
+    try:
+        return list(hf.encode(text, add_special_tokens=False))
+    except TypeError:
+        return list(tokenizer.encode(text))
+
+
 def token_counter(tokenizer) -> Callable[[str], int]:
     """count(text) -> number of tokens, without special tokens (a BOS would add one per call)."""
-    hf = getattr(tokenizer, "_tokenizer", tokenizer)
-
-    def count(text: str) -> int:
-        if not text:
-            return 0
-        try:
-            return len(hf.encode(text, add_special_tokens=False))
-        except TypeError:
-            return len(tokenizer.encode(text))
-
-    return count
+    return lambda text: len(encode_plain(tokenizer, text)) if text else 0
 
 
 # ---------------------------------------------------------------- chat template
@@ -249,10 +248,7 @@ def mlx_generate_fn(model, tokenizer) -> GenerateFn:
 
     def generate(prompt: str, max_tokens: int, stop: tuple) -> Generation:
         text, n, hit = "", 0, False
-        try:  # a templated prompt already holds its special tokens
-            ids = tokenizer.encode(prompt, add_special_tokens=False)
-        except TypeError:
-            ids = tokenizer.encode(prompt)
+        ids = encode_plain(tokenizer, prompt)  # a templated prompt already holds its special tokens
         for resp in stream_generate(model, tokenizer, ids, max_tokens=max_tokens, sampler=sampler):
             text += resp.text
             n = resp.generation_tokens
