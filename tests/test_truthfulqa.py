@@ -177,3 +177,32 @@ def test_omlx_protocol_generative(model, tok):
     s = suite.summarize(ctx, records)
     assert s["protocol"] == "omlx" and "mc1" not in s and 0 <= s["omlx_mc1"] <= 1
     assert "health_budget_hit_rate" in s and s["health_n"] == 3
+
+
+def test_run_float_and_uniform4_on_fixture(tmp_path, monkeypatch, capsys):
+    """`harness run --recipe float --recipe uniform4 --suite truthfulqa` on the fixture: MC1/MC2
+    with CIs, per-item "correct" and mc2, and flips vs float (the registry line is the lead's)."""
+    import harness.suites_registry as reg
+    from harness.cli import main
+    from harness.results import read_items, read_result
+
+    monkeypatch.setitem(reg.BUILTIN_SUITES, "truthfulqa", "harness.suites.truthfulqa:TruthfulQASuite")
+    monkeypatch.setattr(tq, "QA_PREAMBLE", "Q: Where is Paris?\nA: Paris is in France.")  # cheap on CPU
+    rc = main(["run", "--model", "synthetic:llama", "--recipe", "float", "--recipe", "uniform4",
+               "--suite", "truthfulqa", "--opt", f"data={FIXTURE}", "--out", str(tmp_path), "--no-progress"])
+    assert rc == 0
+    results = {p.parent.name: p for p in tmp_path.rglob("truthfulqa.json")}
+    assert set(results) == {"float", "uniform4"}
+    for recipe, path in results.items():
+        res = read_result(path)
+        s = res["summary"]
+        assert s["n"] == 10 and 0 <= s["mc1"] <= 1 and 0 < s["mc2"] < 1
+        assert s["mc1_ci95"][0] <= s["mc1"] <= s["mc1_ci95"][1] and s["mc2_ci95"][0] <= s["mc2"] <= s["mc2_ci95"][1]
+        assert {m["name"] for m in res.get("metrics", [])} >= {"mc1", "mc2"} or "metrics" not in res
+        items = read_items(path)
+        assert len(items) == 10 and all(isinstance(r["correct"], bool) and 0 <= r["mc2"] <= 1 for r in items)
+    paired = read_result(results["uniform4"]).get("paired")
+    if paired is not None:  # flips vs float, when the runner computes them
+        assert paired["vs"] == "float"
+    out = capsys.readouterr().out
+    assert "mc1" in out and "mc2" in out
