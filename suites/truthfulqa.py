@@ -176,6 +176,7 @@ class LoglikScorer:
 
     def __init__(self, model, batch_size: int = 8):
         self.model, self.batch_size = model, batch_size
+        self._memo = (None, None)  # (prefix tokens, its KV cache): prefilled once per run
 
     def _prefix_cache(self, prefix: list):
         import mlx.core as mx
@@ -183,22 +184,28 @@ class LoglikScorer:
 
         if len(prefix) < 2:
             return None
+        if self._memo[0] == tuple(prefix):
+            return self._memo[1]
         cache = make_prompt_cache(self.model)
         if not all(type(c) is KVCache for c in cache):
             return None
         self.model(mx.array([prefix]), cache=cache)
         mx.eval([c.state for c in cache])
+        self._memo = (tuple(prefix), cache)
         return cache
 
-    def score(self, requests: list) -> list:
-        """requests: [(context tokens, continuation tokens)] -> [log-likelihood]."""
+    def score(self, requests: list, shared: Optional[int] = None) -> list:
+        """requests: [(context tokens, continuation tokens)] -> [log-likelihood]. shared: how many
+        leading tokens all contexts share (default: computed from these requests)."""
         import mlx.core as mx
         from mlx_lm.models.cache import KVCache
 
         if not requests:
             return []
+        if shared is None:
+            shared = _common_prefix([c for c, _ in requests])
         # keep at least the last context token out of the prefix: it predicts the first continuation token
-        shared = min(_common_prefix([c for c, _ in requests]), min(len(c) for c, _ in requests) - 1)
+        shared = min(shared, min(len(c) for c, _ in requests) - 1)
         cache = self._prefix_cache(requests[0][0][:shared])
         if cache is None:
             shared = 0
@@ -252,6 +259,7 @@ def score_lm_eval(model, tokenizer, items: list, batch_size: int = 8, progress: 
             requests.append((ctx, tail))
             owner.append((q, j))
     scorer = LoglikScorer(model, batch_size)
+    shared = _common_prefix([ctx for ctx, _ in encoded])  # the preamble: one prefill for the whole run
     lls: dict = {}
     # score question by question groups (in chunks) so records stream out and a killed run resumes
     chunk = max(1, 4 * batch_size)
@@ -264,7 +272,7 @@ def score_lm_eval(model, tokenizer, items: list, batch_size: int = 8, progress: 
                 n += len(encoded[q_end][1])
                 q_end += 1
             sel = [k for k, (q, _) in enumerate(owner) if q_start <= q < q_end]
-            for k, ll in zip(sel, scorer.score([requests[k] for k in sel])):
+            for k, ll in zip(sel, scorer.score([requests[k] for k in sel], shared)):
                 q, j = owner[k]
                 lls.setdefault(q, {})[j] = ll
             for q in range(q_start, q_end):
