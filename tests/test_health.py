@@ -109,3 +109,30 @@ def test_metric_declarations_fit_metricspec():
     assert {s.name for s in specs} == {f"health_{f}_rate" for f in h.ALL_FLAGS}
     assert all(s.higher_is_better is False and s.kind == "proportion" for s in specs)
     assert next(s for s in specs if s.name == "health_loop_rate").item_key == "health_loop"
+
+
+def test_checked_generation_end_to_end():
+    from harness.runtime import thinking as th
+
+    class Tok:
+        chat_template = None
+
+        def encode(self, text, add_special_tokens=False):
+            return h.text_units(text)
+
+    prompt = "Why is the sky blue?"
+
+    def looping(p, max_tokens, stop):  # thinks briefly, then loops in the answer until the budget
+        if p == prompt:
+            return th.Generation("<think>", 1, False)
+        if p.endswith("<think>"):
+            return th.Generation("short thought</think>", 3, False)
+        return th.Generation(" blue" * max_tokens, max_tokens, True)
+
+    out = h.checked_generation(looping, Tok(), [{"role": "user", "content": prompt}],
+                               plan=th.BudgetPlan(thinking=50, answer=20))
+    rec = out["record"]
+    assert out["thinking"] == "short thought" and out["answer"] == ("blue " * 20).strip()
+    assert rec["answer_budget_hit"] and rec["health_budget_hit"] and rec["health_loop"]
+    assert (rec["thinking_tokens"], rec["answer_tokens"]) == (4, 20)
+    assert not rec["health_language_switch"] and not rec["health_empty"]

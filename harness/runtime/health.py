@@ -218,3 +218,25 @@ def format_health(summary: dict, paired: Optional[dict] = None) -> str:
             s += f" (ref {100 * d['reference_rate']:.1f}%, p={d['p']:.2g}{', WORSE' if d['worse'] else ''})"
         parts.append(s)
     return "health: " + " · ".join(parts)
+
+
+# ---------------------------------------------------------------- one call for generative suites
+
+
+def checked_generation(generate, tokenizer, messages: list, *, thinking_mode: str = "auto", plan=None,
+                       expected_script: Optional[str] = None, cfg: HealthConfig = DEFAULT, **template_kwargs) -> dict:
+    """Chat-template `messages`, generate under a thinking then an answer budget, split the
+    thinking off, flag health. Returns {"prompt", "text" (all generated), "answer" (to grade),
+    "thinking", "record" (per-item fields: thinking/answer tokens, budget flags, health_*)}.
+
+    generate: a harness.runtime.thinking GenerateFn (e.g. mlx_generate_fn(model, tokenizer));
+    plan: a BudgetPlan (default thinking.DEFAULT_PLAN)."""
+    from harness.runtime import thinking as th
+
+    prompt = th.chat_prompt(tokenizer, messages, thinking_mode, **template_kwargs)
+    text, split = th.generate_two_phase(generate, prompt, plan or th.DEFAULT_PLAN, thinking=thinking_mode != "off")
+    user = "\n".join(m["content"] for m in messages if m.get("role") == "user")
+    flags = health_flags(split.answer, prompt=user, tokens=th.encode_plain(tokenizer, text),
+                         budget_hit=split.budget_hit, expected_script=expected_script, cfg=cfg)
+    return {"prompt": prompt, "text": text, "answer": split.answer, "thinking": split.thinking,
+            "record": {**split.record(), **flags}}
