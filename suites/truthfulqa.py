@@ -297,15 +297,12 @@ def score_omlx(model, tokenizer, items: list, opts: TruthfulQAOptions, progress:
     generate = thinking.mlx_generate_fn(model, tokenizer)
     plan = thinking.BudgetPlan(thinking=opts.thinking_budget, answer=opts.answer_budget)
     for it in tqdm(items, desc="truthfulqa/omlx", unit="q", disable=not progress):
-        messages = omlx.truthfulqa_messages(it)
-        prompt = thinking.chat_prompt(tokenizer, messages, opts.thinking)
-        text, split = thinking.generate_two_phase(generate, prompt, plan, thinking=opts.thinking != "off")
-        pred = omlx.extract_truthfulqa_answer(split.answer, len(it["choices"]))
+        out = health.checked_generation(generate, tokenizer, omlx.truthfulqa_messages(it),
+                                        thinking_mode=opts.thinking, plan=plan)
+        pred = omlx.extract_truthfulqa_answer(out["answer"], len(it["choices"]))
         expected = omlx.index_letter(it["answer"])
-        flags = health.health_flags(split.answer, prompt=messages[0]["content"], budget_hit=split.budget_hit,
-                                    tokens=thinking.encode_plain(tokenizer, text))
         yield {"id": it["id"], "correct": pred == expected, "pred": pred, "answer": expected,
-               "output": text[-2000:], **split.record(), **flags}
+               "output": out["text"][-2000:], **out["record"]}
 
 
 # ---------------------------------------------------------------- suite
