@@ -41,6 +41,11 @@ order of omlx's bundled JSONL (from cais/mmlu "all", truthfulqa validation, ...)
 rows in that order the same questions come out. Everything omlx counts as a pass but
 a strict grader would not (repaired indentation, tolerant asserts) is labelled by its
 `pass_mode`; `LENIENT_MODES` lists those, so suites can report both numbers.
+
+One deliberate deviation: omlx strips thinking only when the output contains `<think>`
+(`_strip_think_tags`), so for a template-opened block (MiniMax-M2, DeepSeek-R1: the output
+has only `</think>`) it grades the thinking's first letter. We grade the text after
+`</think>` (harness.runtime.thinking.split_thinking) in every case.
 """
 
 import random
