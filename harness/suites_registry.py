@@ -16,6 +16,7 @@ BUILTIN_SUITES = {
     "mmlu": "harness.suites.mmlu:MMLUSuite",
     "humaneval": "harness.suites.humaneval:HumanEvalSuite",
     "mbpp": "harness.suites.mbpp:MBPPSuite",
+    "truthfulqa": "harness.suites.truthfulqa:TruthfulQASuite",
 }
 
 
