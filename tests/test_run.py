@@ -174,6 +174,20 @@ def test_legacy_suite_without_options_still_runs(fake_suite, tmp_path):
     assert res["summary"]["total"] == 2 and res["metrics"] == [] and res["provenance"]["options"] == {}
 
 
+def test_run_prints_tables_rendered_from_data():
+    from harness.run import rendered_tables
+    from harness.suites.speed import summarize_records
+
+    rec = {"prompt": "random", "gen_tokens": 8, "trials": [{}], "prompt_tps": 145.04, "prompt_tps_min": 140.0,
+           "prompt_tps_max": 150.0, "generation_tps": 16.0, "generation_tps_min": 15.5,
+           "generation_tps_max": 16.5, "peak_memory_gb": 1.0, "context": 1024, "id": "random-1024"}
+    text = rendered_tables({"suite": "speed", "summary": summarize_records([rec])})
+    assert "Prefill (PP)" in text and "| 1k " in text and "145.0 tok/s [140.0-150.0]" in text
+    assert rendered_tables({"suite": "mmlu", "summary": {"acc": 0.5}}) == ""
+    # a suite not converted yet still stores its table as text: printed as before
+    assert rendered_tables({"suite": "no-such-suite", "summary": {"table": "| a |"}}) == "| a |"
+
+
 def test_suites_lists_options(capsys):
     assert main(["suites"]) == 0
     out = capsys.readouterr().out
