@@ -162,17 +162,16 @@ class SpeedSuite(Suite):
     )
 
     def metric_specs(self, ctx) -> tuple:
-        """One pp/tg/peak-memory metric per (prompt kind, context) of this run."""
-        opts = self.opts(ctx)
+        """One pp/tg/peak-memory metric per (prompt kind, context) this run measures."""
         out = []
-        for kind in opts.prompt:
+        for it in self.items(ctx):
+            kind, n = it["prompt"], it["context"]
             prefix = "" if kind == "random" else f"{kind}_"
-            for n in opts.contexts:
-                out += [
-                    MetricSpec(f"{prefix}pp_tps_{n}", True, "speed", description=f"prefill tok/s, {n}-token {kind} prompt"),
-                    MetricSpec(f"{prefix}tg_tps_{n}", True, "speed", description=f"generation tok/s after {n} tokens"),
-                    MetricSpec(f"{prefix}peak_memory_gb_{n}", False, "mean", description="peak memory (GB)"),
-                ]
+            out += [
+                MetricSpec(f"{prefix}pp_tps_{n}", True, "speed", description=f"prefill tok/s, {n}-token {kind} prompt"),
+                MetricSpec(f"{prefix}tg_tps_{n}", True, "speed", description=f"generation tok/s after {n} tokens"),
+                MetricSpec(f"{prefix}peak_memory_gb_{n}", False, "mean", description="peak memory (GB)"),
+            ]
         return tuple(out) + self.metrics
 
     def render(self, summary: dict) -> str:
