@@ -241,7 +241,7 @@ def context_label(n: int) -> str:
 
 
 def summarize_records(records: list) -> dict:
-    """Flat metrics per (prompt kind, context) plus the REAP-card table."""
+    """Flat metrics per (prompt kind, context); the REAP-card table is rendered from them (render)."""
     records = sorted(records, key=lambda r: (PROMPT_KINDS.index(r["prompt"]), r["context"]))
     out: dict = {}
     for r in records:
