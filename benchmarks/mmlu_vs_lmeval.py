@@ -216,7 +216,7 @@ def main(argv=None) -> int:
     from harness.runtime.blas import openblas_loaded
     from harness.runtime.execution import load_artifact
     from harness.suite import SuiteContext
-    from harness.suites.mmlu import LETTERS, LetterScorer, MMLUSuite, load_data, parse_options, score_items, stratified_subset
+    from harness.suites.mmlu import LETTERS, LetterScorer, MMLUSuite, load_data, score_items, stratified_subset
 
     path = resolve_model(args.model)
     config = json.loads((path / "config.json").read_text())
@@ -228,7 +228,7 @@ def main(argv=None) -> int:
                        reference=lambda: None, limit=args.limit, seed=args.seed, options=options)
     suite = MMLUSuite()
     items = suite.items(ctx)
-    opts = parse_options(options)
+    opts = suite.opts(ctx)
     data = load_data(opts.subjects, opts.split, opts.shots, opts.source)
     print(f"model {path}\n{len(items)} questions, {args.shots}-shot, {len(set(i['subject'] for i in items))} "
           f"subjects, data {data.source}, OpenBLAS {'on' if openblas_loaded() else 'OFF'}", file=sys.stderr)

@@ -30,7 +30,7 @@ class RunOptions:
     seed: int = 0
     exec_mode: str = "auto"
     out: Path = Path("results")
-    options: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)  # --opt pairs {"key" or "suite.key": value}; typed per suite by run()
     recipe_options: dict = field(default_factory=dict)
     progress: bool = True
     fresh: bool = False

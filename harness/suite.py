@@ -12,7 +12,7 @@ without suite-specific code.
 """
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -29,7 +29,9 @@ class SuiteContext:
     reference_path: Optional[Path] = None  # float reference directory (for cache keys)
     limit: Optional[int] = None
     seed: int = 0
-    options: Any = None  # the suite's parsed Options instance (the runner routes --opt); a dict is parsed by Suite.opts
+    # The suite's parsed Options instance (the runner routes --opt to each suite); direct
+    # callers may pass a dict, which Suite.opts parses by the same rule.
+    options: Any = field(default_factory=dict)
 
     cache_dir: Optional[Path] = None  # per-model cache dir for suite data (e.g. reference logits)
     progress: bool = True  # show tqdm bars

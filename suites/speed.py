@@ -162,17 +162,16 @@ class SpeedSuite(Suite):
     )
 
     def metric_specs(self, ctx) -> tuple:
-        """One pp/tg/peak-memory metric per (prompt kind, context) of this run."""
-        opts = self.opts(ctx)
+        """One pp/tg/peak-memory metric per (prompt kind, context) this run measures."""
         out = []
-        for kind in opts.prompt:
+        for it in self.items(ctx):
+            kind, n = it["prompt"], it["context"]
             prefix = "" if kind == "random" else f"{kind}_"
-            for n in opts.contexts:
-                out += [
-                    MetricSpec(f"{prefix}pp_tps_{n}", True, "speed", description=f"prefill tok/s, {n}-token {kind} prompt"),
-                    MetricSpec(f"{prefix}tg_tps_{n}", True, "speed", description=f"generation tok/s after {n} tokens"),
-                    MetricSpec(f"{prefix}peak_memory_gb_{n}", False, "mean", description="peak memory (GB)"),
-                ]
+            out += [
+                MetricSpec(f"{prefix}pp_tps_{n}", True, "speed", description=f"prefill tok/s, {n}-token {kind} prompt"),
+                MetricSpec(f"{prefix}tg_tps_{n}", True, "speed", description=f"generation tok/s after {n} tokens"),
+                MetricSpec(f"{prefix}peak_memory_gb_{n}", False, "mean", description="peak memory (GB)"),
+            ]
         return tuple(out) + self.metrics
 
     def render(self, summary: dict) -> str:
@@ -242,7 +241,7 @@ def context_label(n: int) -> str:
 
 
 def summarize_records(records: list) -> dict:
-    """Flat metrics per (prompt kind, context) plus the REAP-card table."""
+    """Flat metrics per (prompt kind, context); the REAP-card table is rendered from them (render)."""
     records = sorted(records, key=lambda r: (PROMPT_KINDS.index(r["prompt"]), r["context"]))
     out: dict = {}
     for r in records:

@@ -78,6 +78,29 @@ def test_lm_eval_passthrough_matches_direct_scoring(local_task, tmp_path, capsys
         correct += expected
     assert res["summary"]["acc"] == pytest.approx(correct / len(ROWS))
     assert "acc_ci95" in res["summary"]
+    # metrics declared from lm-eval's own higher_is_better for the task
+    assert {m["name"]: (m["higher_is_better"], m["kind"], m["max_drop"]) for m in res["metrics"]} == \
+        {"acc": (True, "proportion", 0.02), "n": (None, "count", None)}
+    assert res["provenance"]["options"]["chat_template"] is False and res["provenance"]["options"]["chunk"] == 64
+
+
+def test_lm_eval_metric_specs_follow_the_gate_defaults():
+    from harness.suites.lm_eval_task import metric_spec
+
+    assert metric_spec("acc_norm", True).max_drop == 0.02 and metric_spec("acc_norm", True).kind == "proportion"
+    assert metric_spec("exact_match", True).max_drop == 0.02
+    ppl = metric_spec("perplexity", False)
+    assert (ppl.kind, ppl.max_drop, ppl.relative, ppl.higher_is_better) == ("ppl", 0.05, True, False)
+    word = metric_spec("word_perplexity", False)
+    assert word.max_drop is None and word.higher_is_better is False
+    assert metric_spec("bleu", True).max_drop is None and metric_spec("bleu", True).kind == "mean"
+
+
+def test_lm_eval_bad_option_is_caught_before_the_task_loads(capsys, tmp_path):
+    code = main(["run", "--recipe", "float", "--suite", "lm-eval:no_such_task_xyz", "--model", "synthetic:llama",
+                 "--out", str(tmp_path / "r"), "--opt", "chunk=0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "chunk='0' is out of range" in err[-1] and not (tmp_path / "r").exists()
 
 
 def test_unknown_lm_eval_task_is_one_line(capsys, tmp_path):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from harness.errors import HarnessError
+from harness.options import parse_options as parse_opts, route_options
 from harness.suite import SuiteContext
 from harness.sources.synthetic import VOCAB_SIZE, build_model
 from harness.suites import mmlu
@@ -18,7 +19,6 @@ from harness.suites.mmlu import (
     LetterScorer,
     build_prompt,
     clean_rows,
-    parse_options,
     plan_rows,
     score_items,
     stratified_subset,
@@ -243,15 +243,23 @@ def test_suite_items_and_data_info():
     assert suite.data_info(ctx)["sha256"] != info["sha256"]
 
 
+def parse_options(raw):
+    return parse_opts(MMLUOptions, route_options(raw, {"mmlu": MMLUOptions})["mmlu"], "mmlu")
+
+
 def test_options_validation():
     assert parse_options({"shots": "5", "subjects": "anatomy,virology"}).subjects == ("anatomy", "virology")
-    for bad in ({"subjects": "astrology"}, {"shots": "9"}, {"split": "train"}, {"mmlu.bogus": 1}, {"shots": "x"}):
+    assert parse_options({"subjects": "virology,anatomy,virology"}).subjects == ("virology", "anatomy")
+    for bad in ({"subjects": "astrology"}, {"shots": "9"}, {"shots": "-1"}, {"split": "train"},
+                {"mmlu.bogus": 1}, {"shots": "x"}, {"subjects": ""}, {"shots": "2", "split": "dev"},
+                {"batch_size": "0"}, {"chunk_size": "-1"}):
         with pytest.raises(HarnessError):
             parse_options(bad)
-    # options of other suites pass through: namespaced ones silently, plain ones with a warning
-    assert parse_options({"humaneval.samples": 5, "mmlu.shots": 2}).shots == 2
-    with pytest.warns(UserWarning, match="ignores option"):
-        assert parse_options({"judge": "x"}) == MMLUOptions()
+    assert parse_options({"mmlu.shots": 2}).shots == 2
+    # keys of other suites are the runner's business now: alone, they are an error listing mmlu's keys
+    with pytest.raises(HarnessError, match="valid keys.*shots"):
+        parse_options({"judge": "x"})
+    assert parse_options({}) == MMLUOptions()
 
 
 # ---------------------------------------------------------------- scoring

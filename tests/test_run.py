@@ -14,18 +14,32 @@ import pytest
 
 from harness.build import BuildOptions, build
 from harness.cli import main
+from harness.errors import HarnessError
 from harness.runtime.execution import load_artifact
 from harness.results import ItemLog, read_result
 
 FAKE_SUITE = textwrap.dedent('''
     import time
+    from dataclasses import dataclass
+
     import mlx.core as mx
+
+    from harness.options import option
+    from harness.suite import MetricSpec
+
+    @dataclass(frozen=True)
+    class CountingOptions:
+        sleep: float = option(0.0, help="seconds per item", min=0)
+        shots: int = option(0, min=0, max=5)
 
     class CountingSuite:
         """Deterministic per-item numbers from the model's logits; slow enough to be killed mid-run."""
         name = "counting"
         description = "test suite"
         version = "1"
+        Options = CountingOptions
+        metrics = (MetricSpec("acc", True, "proportion", max_drop=0.02, item_key="correct"),
+                   MetricSpec("n", None, "count"))
 
         def items(self, ctx):
             n = ctx.limit or 12
@@ -35,7 +49,7 @@ FAKE_SUITE = textwrap.dedent('''
             for it in items:
                 logits = ctx.model(mx.array([it["tokens"]]))[0, -1]
                 top = int(mx.argmax(logits).item())
-                time.sleep(float(ctx.options.get("sleep", 0)))
+                time.sleep(ctx.options.sleep)
                 yield {"id": it["id"], "top": top, "correct": top % 2 == 0,
                        "logit": round(float(logits[top].item()), 5)}
 
@@ -43,6 +57,23 @@ FAKE_SUITE = textwrap.dedent('''
             n = len(records)
             return {"acc": sum(r["correct"] for r in records) / max(n, 1), "n": n,
                     "checksum": sum(r["top"] for r in records)}
+''')
+
+LEGACY_SUITE = textwrap.dedent('''
+    class LegacySuite:
+        """A third-party suite written before Options existed: reads ctx.options as a dict."""
+        name = "legacy"
+        version = "1"
+
+        def items(self, ctx):
+            return [{"id": "a"}, {"id": "b"}]
+
+        def run(self, ctx, items):
+            for it in items:
+                yield {"id": it["id"], "value": ctx.options.get("value", 1)}
+
+        def summarize(self, ctx, records):
+            return {"total": sum(r["value"] for r in records)}
 ''')
 
 DRIVER = textwrap.dedent('''
@@ -59,12 +90,13 @@ DRIVER = textwrap.dedent('''
 def fake_suite(tmp_path, monkeypatch):
     plugin_dir = tmp_path / "plugin"
     plugin_dir.mkdir()
-    (plugin_dir / "fake_suite.py").write_text(FAKE_SUITE)
+    (plugin_dir / "fake_suite.py").write_text(FAKE_SUITE + LEGACY_SUITE)
     (plugin_dir / "driver.py").write_text(DRIVER)
     monkeypatch.syspath_prepend(str(plugin_dir))
     import harness.suites_registry as reg
 
     monkeypatch.setitem(reg.BUILTIN_SUITES, "counting", "fake_suite:CountingSuite")
+    monkeypatch.setitem(reg.BUILTIN_SUITES, "legacy", "fake_suite:LegacySuite")
     return plugin_dir
 
 
@@ -82,6 +114,86 @@ def test_run_writes_schema_and_summary(fake_suite, tmp_path, capsys):
         assert key in res["provenance"]
     assert res["artifact"]["bpw"] == pytest.approx(4.5)
     assert "paired" in res and res["paired"]["vs"] == "float"  # float ran first: flips are computed
+    assert res["metrics"] == [{"name": "acc", "higher_is_better": True, "kind": "proportion", "max_drop": 0.02,
+                               "relative": False, "item_key": "correct", "description": ""},
+                              {"name": "n", "higher_is_better": None, "kind": "count", "max_drop": None,
+                               "relative": False, "item_key": None, "description": ""}]
+    assert res["provenance"]["options"] == {"sleep": 0.0, "shots": 0}  # every field, defaults included
+
+
+def _no_build(monkeypatch):
+    import harness.run as run_mod
+
+    def fail(*a, **k):
+        raise AssertionError("built before the options were checked")
+
+    monkeypatch.setattr(run_mod, "build", fail)
+
+
+@pytest.mark.parametrize("opts, message", [
+    (["--opt", "temperature=1"], "unknown option 'temperature'; valid keys — counting: sleep, shots"),
+    (["--opt", "counting.bogus=1"], "unknown counting option 'bogus'; valid: sleep, shots"),
+    (["--opt", "mmlu.shots=5"], "scoped to 'mmlu', which is not in this run"),
+    (["--opt", "shots=9"], "counting option shots='9' is out of range; it must be <= 5"),
+    (["--opt", "sleep=soon"], "counting option sleep='soon' is not a finite number"),
+    (["--opt", "sleep"], "is not KEY=VALUE"),
+    (["--judge", "http://localhost:1"], "--judge grades the reasoning suite"),
+])
+def test_bad_options_exit_2_before_any_work(fake_suite, tmp_path, capsys, monkeypatch, opts, message):
+    _no_build(monkeypatch)
+    out = tmp_path / "results"
+    code = main(["run", "--recipe", "uniform4", "--suite", "counting", "--model", "synthetic:llama",
+                 "--out", str(out), "--no-progress", *opts])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("harness: error: ") and message in err[-1], err
+    assert not out.exists()  # nothing written
+
+
+def test_options_route_by_key_and_scope(fake_suite):
+    from harness.run import suite_options
+    from harness.suites_registry import get_suite
+
+    suites = [get_suite("counting"), get_suite("speed"), get_suite("mmlu")]
+    counting, speed, mmlu = suite_options(suites, {"trials": "2", "counting.shots": "3", "mmlu.shots": "1",
+                                                   "contexts": "64,128"})
+    assert (counting.shots, mmlu.shots) == (3, 1)  # scoped keys reach one suite each
+    assert speed.trials == 2 and speed.contexts == (64, 128)
+    counting, mmlu = suite_options([suites[0], suites[2]], {"shots": "2"})  # a plain key: every suite with it
+    assert counting.shots == 2 and mmlu.shots == 2
+    legacy = get_suite("legacy")
+    assert suite_options([legacy], {}) == [{}]  # no Options declared: takes no keys, reads {}
+    with pytest.raises(HarnessError, match="legacy: \\(none\\)"):
+        suite_options([legacy], {"value": "3"})
+
+
+def test_legacy_suite_without_options_still_runs(fake_suite, tmp_path):
+    out = tmp_path / "results"
+    assert main(["run", "--recipe", "float", "--suite", "legacy", "--model", "synthetic:llama", "--out", str(out),
+                 "--no-progress"]) == 0
+    res = read_result(out / "synthetic-llama" / "float" / "legacy.json")
+    assert res["summary"]["total"] == 2 and res["metrics"] == [] and res["provenance"]["options"] == {}
+
+
+def test_run_prints_tables_rendered_from_data():
+    from harness.run import rendered_tables
+    from harness.suites.speed import summarize_records
+
+    rec = {"prompt": "random", "gen_tokens": 8, "trials": [{}], "prompt_tps": 145.04, "prompt_tps_min": 140.0,
+           "prompt_tps_max": 150.0, "generation_tps": 16.0, "generation_tps_min": 15.5,
+           "generation_tps_max": 16.5, "peak_memory_gb": 1.0, "context": 1024, "id": "random-1024"}
+    text = rendered_tables({"suite": "speed", "summary": summarize_records([rec])})
+    assert "Prefill (PP)" in text and "| 1k " in text and "145.0 tok/s [140.0-150.0]" in text
+    assert rendered_tables({"suite": "mmlu", "summary": {"acc": 0.5}}) == ""
+    # a suite not converted yet still stores its table as text: printed as before
+    assert rendered_tables({"suite": "no-such-suite", "summary": {"table": "| a |"}}) == "| a |"
+
+
+def test_suites_lists_options(capsys):
+    assert main(["suites"]) == 0
+    out = capsys.readouterr().out
+    assert "mmlu:" in out and "prefix_cache" in out and "auto|on|off" in out
+    assert "speed:" in out and "1024,4096" in out
+    assert "lm-eval:TASK" in out and "include_path" in out
 
 
 def test_unknown_suite_suggests(capsys):

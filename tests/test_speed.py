@@ -7,7 +7,9 @@ from mlx_lm import load
 from harness.errors import HarnessError
 from harness.suite import SuiteContext
 from harness.sources.synthetic import write_synthetic
-from harness.suites.speed import SpeedSuite, format_table, hardware_info, parse_options, random_prompt, summarize_records
+from harness.options import parse_options as parse_opts
+from harness.suites.speed import (SpeedOptions, SpeedSuite, format_table, hardware_info, random_prompt,
+                                 summarize_records, table_from_summary)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,12 @@ def test_speed_records_and_table(model_dir):
     s = suite.summarize(ctx, list(reversed(records)))
     assert s["pp_tps_64"] == records[0]["prompt_tps"] and s["text_tg_tps_128"] == records[3]["generation_tps"]
     assert s["n"] == 4 and s["trials"] == 2
-    lines = s["table"].splitlines()
+    assert "table" not in s  # results hold data; the table is rendered when printed
+    assert suite.render(s) == format_table(records)
+    specs = {m.name: m for m in suite.metric_specs(ctx)}
+    assert specs["pp_tps_64"].kind == "speed" and specs["text_tg_tps_128"].higher_is_better is True
+    assert specs["pp_tps_64"].max_drop is None  # hardware-dependent: never gated by default
+    lines = suite.render(s).splitlines()
     assert [c.strip() for c in lines[0].strip("|").split("|")] == ["Context", "Prefill (PP)", "Generation (TG)"]
     labels = [line.strip("|").split("|")[0].strip() for line in lines[2:]]
     assert labels == ["64 (random)", "128 (random)", "64 (text)", "128 (text)"]
@@ -57,6 +64,7 @@ def test_table_labels_like_the_reap_card():
         ["Context", "Prefill (PP)", "Generation (TG)"]
     assert "| 1k" in table and "| 4k" in table and "145.0 tok/s [140.0-150.0]" in table
     assert summarize_records(records)["pp_tps_4096"] == 145.04
+    assert table_from_summary(summarize_records(records)) == table  # same table from the stored data
 
 
 def test_random_prompt_is_mlx_lm_benchmarks():
@@ -65,13 +73,21 @@ def test_random_prompt_is_mlx_lm_benchmarks():
     assert random_prompt(1000, 16) == expected
 
 
+def parse_options(raw):
+    return parse_opts(SpeedOptions, raw, "speed")
+
+
 def test_options_and_hardware():
-    opts = parse_options({"contexts": "1024, 4096", "trials": 5, "shots": 3})
+    opts = parse_options({"contexts": "1024, 4096", "trials": 5})
     assert opts.contexts == (1024, 4096) and opts.trials == 5 and opts.prompt == ("random",)
     with pytest.raises(HarnessError, match="contexts"):
         parse_options({"contexts": "1k"})
     with pytest.raises(HarnessError, match="prompt"):
         parse_options({"prompt": "chat"})
+    for bad in ({"contexts": "0"}, {"trials": "0"}, {"warmup": "-1"}, {"gen_tokens": "x"}, {"shots": "3"}):
+        with pytest.raises(HarnessError):
+            parse_options(bad)
+    assert parse_options({"prompt": "random,text"}).prompt == ("random", "text")
     hw = hardware_info()
     assert hw["cpu_count"] >= 1 and hw["memory_gb"] > 0 and hw["device"]
 

@@ -112,10 +112,35 @@ def test_items_round_robin_over_categories(tiny):
 
 
 def test_bad_option_is_one_clear_error(tiny):
-    with pytest.raises(HarnessError, match="chat=auto"):
+    with pytest.raises(HarnessError, match="chat='maybe' is invalid; use one of: auto"):
         list(UnicodeSuite().run(make_ctx(tiny, options={"chat": "maybe"}), []))
-    with pytest.raises(HarnessError, match="known: chat, slack"):
+    with pytest.raises(HarnessError, match="valid keys.*chat, slack"):
         list(UnicodeSuite().run(make_ctx(tiny, options={"temperature": "1"}), []))
+    with pytest.raises(HarnessError, match="slack"):
+        list(UnicodeSuite().run(make_ctx(tiny, options={"slack": "-1"}), []))
+
+
+def test_prompt_ids_and_echo_are_what_mlx_lm_gives(tiny):
+    """The shared encoder/generator reproduce the suite's former direct mlx-lm calls."""
+    from mlx_lm.generate import stream_generate
+
+    path, model, tokenizer = tiny
+    template, items = uni.load_items()
+    for it in items[:4]:
+        text = template.replace("{target}", it["target"])
+        chat = uni.build_prompt_ids(tokenizer, template, it["target"], use_chat=True)
+        assert chat == list(tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                                          add_generation_prompt=True))
+        assert uni.build_prompt_ids(tokenizer, template, it["target"], use_chat=False) == \
+            list(tokenizer.encode(text + "\n"))
+        gen = uni.generate_echo(model, tokenizer, chat, 12)
+        segments, tokens = [], []
+        for r in stream_generate(model, tokenizer, mx.array(chat), max_tokens=12):
+            segments.append(r.text)
+            if r.finish_reason != "stop":
+                tokens.append(r.token)
+        assert gen["tokens"] == tokens and gen["finish_reason"] == r.finish_reason
+        assert gen["output"] + "\ufffd" * bool(gen["truncated"]) == "".join(segments)
 
 
 # --- counting and excerpts ----------------------------------------------------
