@@ -173,3 +173,25 @@ def test_floor_and_chance_notes():
     assert _floor_note("mmlu", "acc", ref("mmlu", {"acc": 0.6, "acc_ci95": list(wilson_ci(60, 100)), "n": 100})) is None
     assert "at the floor" in _floor_note("reasoning", "score", ref("reasoning", {"score": 0.0, "n": 4}))
     assert _floor_note("reasoning", "score", ref("reasoning", {"score": 55.0, "n": 4})) is None
+
+
+def test_card_of_a_model_without_hub_id(card_results, tmp_path, capsys):
+    """No hub id, no known licence: no base_model keys (the Hub would reject a null), --license fills in."""
+    import shutil
+
+    root = tmp_path / "results"
+    shutil.copytree(card_results, root)
+    for path in root.rglob("*.json"):
+        data = json.loads(path.read_text())
+        if data.get("schema") == "harness.result/1":
+            data["model"] = "synthetic:llama"
+            path.write_text(json.dumps(data))
+    rc, out = _card(root, tmp_path)
+    assert rc == 0 and "licence is unknown" in capsys.readouterr().err
+    data = ModelCard(out.read_text()).data
+    meta = data.to_dict()
+    assert "base_model" not in meta and "base_model_relation" not in meta and "license" not in meta
+    assert "null" not in out.read_text().split("---")[1]
+    rc, out = _card(root, tmp_path, "--license", "mit", "--base-model", "acme/Llama-Tiny")
+    data = ModelCard(out.read_text()).data
+    assert (data.license, data.base_model, data.base_model_relation) == ("mit", "acme/Llama-Tiny", "quantized")

@@ -354,9 +354,8 @@ def _label(name: str, target: str, reference: str) -> str:
     return f"{name} (reference)" if name == reference else name
 
 
-def _benchmark_section(doc: Doc, by_suite: dict, columns: list, target: str, reference: str, diffs: dict,
-                       floors: list) -> None:
-    rows = []
+def _benchmark_section(doc: Doc, by_suite: dict, columns: list, target: str, reference: str, diffs: dict) -> None:
+    rows, floors = [], []
     for suite, per_recipe in by_suite.items():
         if suite in DEDICATED:
             continue
@@ -387,10 +386,11 @@ def _benchmark_section(doc: Doc, by_suite: dict, columns: list, target: str, ref
                     f"value ± half-width of the 95 % CI (Wilson for accuracies); a↓ b↑: items {reference} got "
                     f"right that this recipe gets wrong / the reverse; * = differs from {reference} at p < 0.05 "
                     "(paired test: McNemar exact on right/wrong items), n.s. = not significant."))
+    for note in floors:  # under the table, where the reader sees the numbers
+        doc.p(f"**Note:** {note}")
 
 
-def _reasoning_section(doc: Doc, per_recipe: dict, columns: list, target: str, reference: str, diffs: dict,
-                       floors: list) -> None:
+def _reasoning_section(doc: Doc, per_recipe: dict, columns: list, target: str, reference: str, diffs: dict) -> None:
     info = metric_info("score")
     rows = []
     for name in columns:
@@ -410,7 +410,6 @@ def _reasoning_section(doc: Doc, per_recipe: dict, columns: list, target: str, r
     ref = per_recipe.get(reference)
     note = _floor_note("reasoning", "score", ref) if ref is not None else None
     if note:
-        floors.append(note)
         doc.p(f"**Note:** {note}")
 
 
@@ -526,10 +525,9 @@ def build_card(opts: CardOptions) -> str:
           + (f" and {', '.join(f'`{c}`' for c in columns[1:-1])}" if len(columns) > 2 else "") + ".")
     _details_section(doc, target, plan)
 
-    floors = []
-    _benchmark_section(doc, by_suite, columns, opts.recipe, opts.reference, diffs, floors)
+    _benchmark_section(doc, by_suite, columns, opts.recipe, opts.reference, diffs)
     if "reasoning" in by_suite:
-        _reasoning_section(doc, by_suite["reasoning"], columns, opts.recipe, opts.reference, diffs, floors)
+        _reasoning_section(doc, by_suite["reasoning"], columns, opts.recipe, opts.reference, diffs)
     if "fidelity" in by_suite and opts.recipe in by_suite["fidelity"]:
         fid = {n: by_suite["fidelity"][n] for n in columns if n in by_suite["fidelity"]}
         if "float" in by_suite["fidelity"]:
@@ -541,7 +539,7 @@ def build_card(opts: CardOptions) -> str:
         _speed_section(doc, by_suite["speed"], opts.recipe, opts.reference)
     _usage(doc, repo)
 
-    lines = list(floors)
+    lines = []
     metrics_of = lambda suite: compared_metrics(suite, by_suite[suite])  # noqa: E731
     lines += [n for n in _equal_size_notes(recipes, by_suite, metrics_of) if f"**{opts.recipe}**" in n]
     for suite, per_recipe in by_suite.items():
