@@ -10,7 +10,8 @@ from huggingface_hub import ModelCard
 
 from harness.cli import main
 from harness.plan import Plan, Tensor
-from harness.report.hf_card import _floor_note, _percentages, module_role, quantization_rows, source_info
+from harness.report.hf_card import _floor_note
+from harness.report.quant_details import _percentages, module_role, quantization_rows, source_info
 from harness.results import SuiteResult, read_item_file
 from harness.stats import wilson_ci
 from test_report import MODEL, RECIPES, make_results
