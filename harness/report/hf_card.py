@@ -128,8 +128,9 @@ def _floor_note(suite: str, metric: str, ref) -> Optional[str]:
         ci = wilson_ci(round(value * ref.summary["n"]), ref.summary["n"])
     chance = ref.summary.get("chance", CHANCE.get(suite) if info.kind == "fraction" else None)
     if isinstance(chance, (int, float)) and ci and ci[0] <= chance <= ci[1]:
-        return (f"{suite} {metric}: the reference ({ref.recipe}) scores at chance ({fmt_value(value, info)} vs "
-                f"{fmt_value(chance, info)}), so this benchmark cannot rank recipes on this model.")
+        return (f"{suite} {metric}: the reference ({ref.recipe}) scores at chance ({fmt_value(value, info)}, its "
+                f"95 % CI includes the chance level {fmt_value(chance, info)}), so this benchmark cannot rank "
+                "recipes on this model.")
     floor = value <= (0.02 if info.kind == "fraction" else 2.0 if info.kind == "points" else -1)
     if floor:
         return (f"{suite} {metric}: the reference ({ref.recipe}) scores at the floor ({fmt_value(value, info)}), "
