@@ -1,4 +1,4 @@
-"""Command line: `harness recipes|plan|build|suites|run|report|compare|gate|score`.
+"""Command line: `harness recipes|plan|build|suites|run|report|card|compare|gate|score`.
 
 Every user-fixable problem is a HarnessError: printed as one line, exit code 2.
 """
@@ -110,6 +110,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write here (default: stdout)")
     p.add_argument("--model-card", action="store_true", help="write a ready model-card section")
     p.add_argument("--plots", help="directory for PNG/SVG plots")
+
+    p = sub.add_parser("card", help="write a Hugging Face model card (README.md) for one quantized recipe")
+    p.add_argument("--results", default="results", help="results directory (from `harness run --out`)")
+    p.add_argument("--recipe", required=True, help="the quantized recipe the card is for")
+    p.add_argument("--model", help="which model of the results (needed when it holds several)")
+    p.add_argument("--reference", default="float", help="recipe to compare against (default: float)")
+    p.add_argument("--out", help="write here, e.g. README.md (default: stdout)")
+    p.add_argument("--repo-id", help="ORG/NAME the card is published under (default: a placeholder)")
+    p.add_argument("--base-model", help="hub id of the source model, when it cannot be found")
+    p.add_argument("--license", help="licence of the source model, when it cannot be found (e.g. apache-2.0)")
+    p.add_argument("--plan", help="the artifact's plan.json, when the artifact is not on this machine")
 
     p = sub.add_parser("compare", help="compare two stored results (files or dirs)")
     p.add_argument("a")
@@ -250,6 +261,12 @@ def cmd_report(args) -> int:
     return report_cli(args)
 
 
+def cmd_card(args) -> int:
+    from harness.report.hf_card import card_cli
+
+    return card_cli(args)
+
+
 def cmd_compare(args) -> int:
     from harness.report.gate import compare_cli
 
@@ -269,7 +286,7 @@ def cmd_score(args) -> int:
 
 
 COMMANDS = {"score": cmd_score, "recipes": cmd_recipes, "suites": cmd_suites, "plan": cmd_plan, "build": cmd_build,
-            "run": cmd_run, "report": cmd_report, "compare": cmd_compare, "gate": cmd_gate}
+            "run": cmd_run, "report": cmd_report, "card": cmd_card, "compare": cmd_compare, "gate": cmd_gate}
 
 
 def main(argv=None) -> int:
