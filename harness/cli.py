@@ -17,7 +17,7 @@ EPILOG = "Default model: smollm2-135m (embedded, offline). Docs: README.md"
 def _recipe_options(args) -> dict:
     opts = {}
     for key in ("group_size", "mode", "target_bpw", "calibration", "calib_samples", "calib_seq_len",
-                "sensitivity"):
+                "sensitivity", "sensitivity_model"):
         value = getattr(args, key, None)
         if value is not None:
             opts[key] = value
@@ -37,6 +37,8 @@ def _add_recipe_args(p, multiple=False):
     p.add_argument("--calib-samples", type=int, help="calibration samples (default 128 x 256 on a GPU, 16 x 256 on CPU)")
     p.add_argument("--calib-seq-len", type=int, help="calibration sequence length (default 256)")
     p.add_argument("--sensitivity", help="reuse a sensitivity.json instead of measuring (oQ)")
+    p.add_argument("--sensitivity-model", help="oQ: measure sensitivity on this quantized proxy (omlx's route for "
+                   "models larger than memory) instead of the float model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
