@@ -74,7 +74,11 @@ def decoder_layers(model) -> tuple:
         )
     for path, module in model.named_modules():
         if module is layers[0]:
-            return layers, path.rsplit(".", 1)[0]
+            prefix = path.rsplit(".", 1)[0]
+            real = model  # `model.layers` may be a slice (pipeline models): use the list itself
+            for part in prefix.split("."):
+                real = real[int(part)] if isinstance(real, list) else getattr(real, part)
+            return real, prefix
     raise HarnessError(f"cannot locate the decoder layers of {type(model).__name__}; use uniformN")
 
 

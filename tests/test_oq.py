@@ -419,3 +419,81 @@ def test_smollm2_oq4_plan_fast_within_budget_deterministic():
     assert cpu < 60
     again, _, _ = fresh_plan()
     assert again.to_json() == plan.to_json()
+
+
+# --- cost at scale: routed experts, resume, proxy -----------------------------------------
+
+@pytest.mark.parametrize("arch", ["minimax", "qwen3_moe"])
+def test_routed_expert_pass_equals_gather_mm(arch):
+    """Each expert on its routed tokens only (BLAS) computes what mlx-lm's gather_mm does."""
+    from mlx_lm.utils import load_tokenizer
+
+    path = resolve_model(f"synthetic:{arch}")
+    model, _ = load_float(path, lazy=True)
+    tokens = load_calibration(load_tokenizer(path), samples=4, seq_len=32).tokens
+    routed = measure_sensitivity(model, tokens, 3, weights_dir=path, progress=False, routed_experts=True)
+    gathered = measure_sensitivity(model, tokens, 3, weights_dir=path, progress=False, routed_experts=False)
+    assert routed.keys() == gathered.keys()
+    for i in routed:
+        assert routed[i] == pytest.approx(gathered[i], rel=1e-3), i
+
+
+def test_killed_pass_resumes_from_the_last_finished_block(llama, tmp_path):
+    from mlx_lm.utils import load_tokenizer
+
+    from harness.quantizers.oq_sensitivity import uniform_widths
+
+    model, _ = load_float(llama, lazy=True)
+    tokens = load_calibration(load_tokenizer(llama), samples=4, seq_len=32).tokens
+    full = measure_sensitivity(model, tokens, 4, weights_dir=llama, progress=False)
+    partial = tmp_path / "s.partial.json"
+    seen = []
+    plain = uniform_widths(4, 64)
+
+    def dying(path, module):
+        layer = int(path.split(".")[2])
+        if layer == 2:
+            raise KeyboardInterrupt  # killed while measuring block 2
+        seen.append(layer)
+        return plain(path, module)
+
+    with pytest.raises(KeyboardInterrupt):
+        measure_sensitivity(model, tokens, 4, weights_dir=llama, progress=False, widths=dying, partial=partial,
+                            partial_key="k")
+    assert json.loads(partial.read_text())["sensitivity"] == {"0": full[0], "1": full[1]}
+
+    def counting(path, module):
+        seen.append(int(path.split(".")[2]))
+        return plain(path, module)
+
+    seen.clear()
+    resumed = measure_sensitivity(model, tokens, 4, weights_dir=llama, progress=False, widths=counting,
+                                  partial=partial, partial_key="k")
+    assert resumed == full
+    assert set(seen) == {2, 3}  # blocks 0 and 1 were not measured again
+    assert not partial.exists() and not partial.with_suffix(".npy").exists()
+    # another key (other calibration or widths) never resumes from a foreign partial
+    with pytest.raises(KeyboardInterrupt):
+        measure_sensitivity(model, tokens, 4, weights_dir=llama, progress=False, widths=dying, partial=partial,
+                            partial_key="k")
+    seen.clear()
+    measure_sensitivity(model, tokens, 4, weights_dir=llama, progress=False, widths=counting, partial=partial,
+                        partial_key="other")
+    assert set(seen) == {0, 1, 2, 3}
+
+
+def test_sensitivity_on_a_quantized_proxy(llama, tmp_path):
+    from harness.build import BuildOptions, build
+
+    proxy = build(BuildOptions(model="synthetic:llama", recipe="uniform4", out=tmp_path / "proxy", progress=False),
+                  log=lambda m: None).path
+    plan = _oq("4", sensitivity_model=str(proxy)).plan(_ctx(llama, out_dir=tmp_path))
+    scores = plan.summary["sensitivity"]
+    assert len(scores) == 4 and all(v > 0 for v in scores.values())
+    assert plan.summary["sensitivity_model"] == str(proxy)
+    assert 4.6 <= plan.bpw <= 4.7
+    assert _oq("4", sensitivity_model=str(proxy)).params != _oq("4").params
+    with pytest.raises(HarnessError, match="quantized mlx-lm model"):
+        _oq("4", sensitivity_model=str(llama)).plan(_ctx(llama))
+    with pytest.raises(HarnessError, match="pass one"):
+        _oq("4", sensitivity_model=str(proxy), sensitivity=__file__)
