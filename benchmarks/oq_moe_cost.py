@@ -31,7 +31,7 @@ def time_one(spec: str, samples: int, seq_len: int, routed: bool = True) -> dict
     from mlx_lm.utils import load_tokenizer
 
     from harness.data.calibration import load_calibration
-    from harness.quantizers.oq_sensitivity import measure_sensitivity
+    from harness.quantizers.oq.sensitivity import measure_sensitivity
     from harness.sources import load_float, resolve_model
 
     path = resolve_model(spec)

@@ -144,9 +144,10 @@ def cmd_plan(args) -> int:
     print(plan_table(plan, full=args.all))
     print()
     print(plan_summary(plan))
-    if hasattr(recipe, "view"):  # recipe-specific detail, e.g. oQ's sensitivity ranking
+    detail = recipe.view(plan) if hasattr(recipe, "view") else None
+    if detail:  # recipe-specific detail, e.g. oQ's sensitivity ranking
         print()
-        print(recipe.view(plan))
+        print(detail)
     if args.out:
         atomic_write_text(Path(args.out), plan.to_json())
         print(f"plan written to {args.out}")

@@ -441,7 +441,7 @@ def test_routed_expert_pass_equals_gather_mm(arch):
 def test_killed_pass_resumes_from_the_last_finished_block(llama, tmp_path):
     from mlx_lm.utils import load_tokenizer
 
-    from harness.quantizers.oq_sensitivity import uniform_widths
+    from harness.quantizers.oq.sensitivity import uniform_widths
 
     model, _ = load_float(llama, lazy=True)
     tokens = load_calibration(load_tokenizer(llama), samples=4, seq_len=32).tokens

@@ -8,9 +8,9 @@ so they can be evaluated side by side:
   g64, linear-attention conv1d 8-bit and out_proj >= 5-bit, SSM parameters and the
   router float; the predicate's floors use group size 128 when the model has
   >= 150 experts (base widths and boosts stay g64, as in published oQ checkpoints);
-* sensitivity (`oq_sensitivity`) measured with those same widths (the level's own
+* sensitivity (`oq.sensitivity`) measured with those same widths (the level's own
   predicate), on the float model, or on a quantized proxy (`--sensitivity-model`);
-* budget (`oq_budget.allocate_faithful`): embeddings/lm_head 8-bit when the cap
+* budget (`oq.budget.allocate_faithful`): embeddings/lm_head 8-bit when the cap
   allows, oq3.5's routed down_proj +1, the full-protection floors (lm_head 6, dense
   o_proj 5, down_proj 5 or 6, v/q/k_proj raised in the top quarter of layers by
   sensitivity), then every non-routed decoder tensor, most sensitive layer first,
@@ -44,9 +44,9 @@ from harness.data.calibration import calibration_size, file_sha256, load_calibra
 from harness.errors import HarnessError
 from harness.plan import Plan, is_router
 from harness.recipe import PlanContext, Recipe, plan_from_rule
-from harness.quantizers.oq_budget import (GROUP_SIZE, LEVELS, WIDTHS, Budget, ModelFacts, allocate,  # noqa: F401
+from harness.quantizers.oq.budget import (GROUP_SIZE, LEVELS, WIDTHS, Budget, ModelFacts, allocate,  # noqa: F401
                                           allocate_faithful, fit_group, role_floor)
-from harness.quantizers.oq_sensitivity import (decoder_layers, load_sensitivity, measure_proxy_sensitivity,  # noqa: F401
+from harness.quantizers.oq.sensitivity import (decoder_layers, load_sensitivity, measure_proxy_sensitivity,  # noqa: F401
                                                measure_sensitivity, save_sensitivity)
 
 OQ_VERSION = 3  # bump when the allocation or the measurement changes (invalidates cached plans)
