@@ -91,3 +91,17 @@ def test_not_a_quant_and_bad_hub_spec_are_one_line_errors(tmp_path):
         get_recipe(str(resolve_model("synthetic:llama")))
     with pytest.raises(HarnessError, match="hub:org/name"):
         get_recipe("hub:not a repo")
+
+
+def test_cli_plan_and_diff_against_our_recipes(mlx_q4, capsys):
+    from harness.cli import main
+
+    assert main(["plan", "--recipe", str(mlx_q4), "--model", "synthetic:llama", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "4.500 (quantized weights + scale/bias overhead, oQ definition)" in out and "mlx-lm compute_bits" in out
+    assert "existing quant: " + str(mlx_q4) in out and "config.json: default" in out
+    assert main(["plan", "--diff", str(mlx_q4), "uniform4", "--model", "synthetic:llama", "--no-progress"]) == 0
+    assert "plans are identical" in capsys.readouterr().out
+    assert main(["plan", "--diff", str(mlx_q4), "uniform3", "--model", "synthetic:llama", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "4b affine g64" in out and "3b affine g64" in out and "llama-4bit-mlx: 4.500 bpw" in out
