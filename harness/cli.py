@@ -27,7 +27,8 @@ def _recipe_options(args) -> dict:
 def _add_recipe_args(p, multiple=False):
     if multiple:
         p.add_argument("--recipe", action="append", required=True,
-                       help="recipe name, tier file (.toml/.yaml) or file.py:Name; repeat for several")
+                       help="recipe name, tier file (.toml/.yaml), file.py:Name, or an existing quant "
+                       "(path/to/quant-dir or hub:org/name); repeat for several")
     p.add_argument("--model", default="smollm2-135m",
                    help="smollm2-135m (default), smollm2-moe, synthetic:ARCH, a .gguf, a local dir or a hub id")
     p.add_argument("--group-size", type=int, help="quantization group size (default per mode: 64/32/16)")
@@ -102,7 +103,8 @@ def cmd_recipes(args) -> int:
 
     rows = [(name, describe(f)) for name, f in sorted(available().items())]
     print(tabulate(rows, headers=["recipe", "what it does"]))
-    print("\nAlso: --recipe path/to/tiers.toml (declarative tiers) or --recipe path/to/file.py:Name")
+    print("\nAlso: --recipe path/to/tiers.toml (declarative tiers), --recipe path/to/file.py:Name, or an existing\n"
+          "mlx-lm quant evaluated as is: --recipe path/to/quant-dir or --recipe hub:org/name")
     return 0
 
 
