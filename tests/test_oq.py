@@ -497,3 +497,29 @@ def test_sensitivity_on_a_quantized_proxy(llama, tmp_path):
         _oq("4", sensitivity_model=str(llama)).plan(_ctx(llama))
     with pytest.raises(HarnessError, match="pass one"):
         _oq("4", sensitivity_model=str(proxy), sensitivity=__file__)
+
+
+def test_faithful_role_and_protection_floors():
+    from harness.quantizers.oq.budget import ModelFacts, protection_floor, role_floor, sensitive_layers
+
+    big = ModelFacts(num_layers=62, num_experts=256, hidden_size=3072)
+    dense = ModelFacts(num_layers=30, num_experts=0, hidden_size=576)
+    assert big.floor_group == 128 and dense.floor_group == 64
+    assert role_floor("model.layers.3.mlp.shared_expert.down_proj", 4, big) == (8, 128, "affine")
+    assert role_floor("model.layers.3.mlp.shared_expert_gate", 4, big) == (8, 64, "affine")
+    assert role_floor("model.layers.3.linear_attn.conv1d", 2, dense) == (8, 64, "affine")
+    assert role_floor("model.layers.3.linear_attn.out_proj", 4, dense) == (5, 64, "affine")
+    assert role_floor("model.layers.3.linear_attn.out_proj", 6, dense) == (6, 64, "affine")
+    assert role_floor("model.layers.3.block_sparse_moe.gate", 4, big) is False
+    assert role_floor("model.layers.3.self_attn.q_proj", 4, big) is None
+    assert protection_floor("lm_head", 4, False, dense) == 6
+    assert protection_floor("model.layers.1.self_attn.o_proj", 4, False, dense) == 5
+    assert protection_floor("model.layers.1.self_attn.o_proj", 4, False, big) is None  # MoE: no o_proj floor
+    assert protection_floor("model.layers.1.mlp.down_proj", 4, False, dense) == 5
+    assert protection_floor("model.layers.1.mlp.down_proj", 4, True, dense) == 6
+    assert protection_floor("model.layers.1.self_attn.v_proj", 4, False, dense) is None
+    assert protection_floor("model.layers.1.self_attn.k_proj", 4, True, dense) == 5
+    assert protection_floor("model.layers.1.self_attn.k_proj", 6, True, dense) == 6  # never below base
+    # top quarter by score (omlx: the len//4-th highest score is the threshold)
+    assert sensitive_layers({0: 0.1, 1: 0.5, 2: 0.3, 3: 0.2, 4: 0.05, 5: 0.4, 6: 0.0, 7: 0.01}, 8) == {1, 5}
+    assert sensitive_layers({}, 16) == {0, 1, 14, 15}  # position-based without scores
