@@ -50,15 +50,16 @@ def main() -> int:
     ap.add_argument("--legacy", action="store_true", help="also time mlx-lm's gather_mm expert path")
     args = ap.parse_args()
     ensure_openblas()
-    dense = time_one("smollm2-135m", args.samples, args.seq_len)
-    moe = time_one("smollm2-moe", args.samples, args.seq_len)
-    rows = [dense, moe]
-    if args.legacy:
-        rows.append({**time_one("smollm2-moe", args.samples, args.seq_len, routed=False), "model": "smollm2-moe (gather_mm)"})
-    print(f"calibration {args.samples} x {args.seq_len} tokens, 4-bit g64, {len(dense['scores'])} blocks")
-    for r in rows:
+    print(f"calibration {args.samples} x {args.seq_len} tokens, 4-bit g64", flush=True)
+    rows = []
+    runs = [("smollm2-135m", True), ("smollm2-moe", True)] + ([("smollm2-moe", False)] if args.legacy else [])
+    for spec, routed in runs:
+        r = time_one(spec, args.samples, args.seq_len, routed=routed)
+        r["model"] += "" if routed else " (gather_mm)"
+        rows.append(r)
         print(f"{r['model']:26s} wall {r['wall']:7.1f} s  cpu {r['cpu']:7.1f} s  params {r['params'] / 1e6:6.1f}M  "
-              f"most sensitive L{r['top']}")
+              f"most sensitive L{r['top']}", flush=True)
+    dense, moe = rows[0], rows[1]
     print(f"MoE / dense: time {moe['wall'] / dense['wall']:.2f}x wall, {moe['cpu'] / dense['cpu']:.2f}x cpu; "
           f"params {moe['params'] / dense['params']:.2f}x  (target: time <= 3x)")
     if args.legacy:
