@@ -41,10 +41,15 @@ def is_existing_spec(name: str) -> bool:
     return p.is_dir() and (p / "config.json").is_file()
 
 
+def weight_files(path: Path) -> list:
+    """The shards mlx_lm.load reads (model*.safetensors), or every .safetensors file."""
+    return sorted(path.glob("model*.safetensors")) or sorted(path.glob("*.safetensors"))
+
+
 def read_header(path: Path) -> dict:
     """{tensor name: (dtype, shape)} of every safetensors shard in `path` (headers only)."""
     out = {}
-    files = sorted(path.glob("*.safetensors"))
+    files = weight_files(path)
     if not files:
         raise HarnessError(f"{path} holds no .safetensors weights; pass a complete mlx-lm model directory")
     for f in files:
@@ -62,6 +67,9 @@ def read_header(path: Path) -> dict:
 
 def quantization_block(config: dict, spec: str) -> dict:
     q = config.get("quantization") or config.get("quantization_config")
+    if isinstance(q, dict) and q.get("quant_method"):  # GPTQ, AWQ, fp8 ... : not what mlx_lm.load reads
+        raise HarnessError(f"{spec} is a {q['quant_method']} checkpoint, not an mlx-lm quant; convert it with "
+                           "mlx_lm.convert first, or pass a float model as --model")
     if not isinstance(q, dict) or "bits" not in q or "group_size" not in q:
         raise HarnessError(f"{spec} is not an mlx-lm quantized model (its config.json has no \"quantization\" "
                            "block with bits/group_size); pass a float model as --model instead")
@@ -207,7 +215,7 @@ def _check_weights(ctx: PlanContext, recipe: ExistingQuant, tensors: list, refer
     import mlx.core as mx
 
     stored = {}
-    for f in sorted(recipe.path.glob("*.safetensors")):
+    for f in weight_files(recipe.path):
         stored.update(mx.load(str(f)))  # lazy: only the tensors used below are read
     for t in sorted((t for t in tensors if t.quantized), key=lambda t: (t.numel, t.path))[:3]:
         biases = stored.get(f"{t.path}.biases")

@@ -105,3 +105,18 @@ def test_cli_plan_and_diff_against_our_recipes(mlx_q4, capsys):
     assert main(["plan", "--diff", str(mlx_q4), "uniform3", "--model", "synthetic:llama", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "4b affine g64" in out and "3b affine g64" in out and "llama-4bit-mlx: 4.500 bpw" in out
+
+
+def test_non_mlx_quantization_config_is_refused(mlx_q4, tmp_path):
+    import shutil
+
+    from harness.recipes import get_recipe
+
+    other = tmp_path / "gptq"
+    shutil.copytree(mlx_q4, other)
+    config = json.loads((other / "config.json").read_text())
+    config.pop("quantization")
+    config["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": 128}
+    (other / "config.json").write_text(json.dumps(config))
+    with pytest.raises(HarnessError, match="gptq checkpoint, not an mlx-lm quant"):
+        get_recipe(str(other))
