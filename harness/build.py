@@ -80,7 +80,8 @@ def make_plan(opts: BuildOptions):
     else:
         plan = _cached_plan(src, recipe, opts, ctx)
     plan.validate(modules)
-    if any(t.quantized for t in plan.tensors):  # float tensors and scales are stored in opts.dtype
+    if any(t.quantized for t in plan.tensors) and not getattr(recipe, "prebuilt_dir", None):
+        # float tensors and scales are stored in opts.dtype (an existing quant keeps its own)
         plan.dtype_bytes = DTYPE_BYTES.get(opts.dtype, plan.dtype_bytes)
     return plan, src, recipe, model
 
@@ -110,7 +111,8 @@ def artifact_key(source_fp: str, plan: Plan, dtype: str) -> str:
 def build(opts: BuildOptions, log=print) -> BuildResult:
     plan, src, recipe, model = make_plan(opts)
     source_fp = fingerprint(src)
-    key = artifact_key(source_fp, plan, opts.dtype)
+    prebuilt = getattr(recipe, "prebuilt_dir", None)  # an existing quant: link its files, never requantize
+    key = artifact_key(source_fp + (f"|existing:{recipe.params}" if prebuilt else ""), plan, opts.dtype)
     out = Path(opts.out) if opts.out else cache_root() / "artifacts" / model_slug(opts.model) / f"{recipe.name}-{key}"
     if _complete(out, key) and not opts.force:
         log(f"cache hit: {recipe.name} on {opts.model} already built ({key})")
@@ -122,7 +124,9 @@ def build(opts: BuildOptions, log=print) -> BuildResult:
     t0 = time.time()
     try:
         with atomic_dir(out) as tmp:
-            if plan.tensors and any(t.quantized for t in plan.tensors):
+            if prebuilt:
+                _link_prebuilt(Path(prebuilt), tmp)
+            elif plan.tensors and any(t.quantized for t in plan.tensors):
                 _write_quantized(model, plan, src, tmp, opts.progress, opts.dtype)
             else:
                 _link_float(src, tmp)
@@ -200,6 +204,13 @@ def _link_float(src: Path, tmp: Path) -> None:
             (tmp / f.name).symlink_to(f.resolve())
 
 
+def _link_prebuilt(quant: Path, tmp: Path) -> None:
+    """An existing quant's files as they are (its config, shards, tokenizer); ours are added beside."""
+    for f in quant.iterdir():
+        if f.is_file() and f.name not in ("plan.json", "provenance.json"):
+            (tmp / f.name).symlink_to(f.resolve())
+
+
 def _copy_tokenizer(src: Path, tmp: Path) -> None:
     for name in TOKENIZER_FILES:
         f = src / name
@@ -229,7 +240,9 @@ def _provenance(opts, recipe, plan, src, source_fp, key, bpw_mlx, seconds) -> di
         recipe_params=recipe.params,
         plan_sha256=sha256_bytes(plan.to_json().encode()),
         seed=opts.seed,
-        dtype=opts.dtype if any(t.quantized for t in plan.tensors) else "source",
+        dtype=("existing" if getattr(recipe, "prebuilt_dir", None) else opts.dtype)
+        if any(t.quantized for t in plan.tensors) else "source",
+        existing_quant=str(getattr(recipe, "prebuilt_dir", "") or "") or None,
         bpw=round(plan.bpw, 4),
         bpw_mlx=bpw_mlx,
         build_seconds=round(seconds, 2),

@@ -45,7 +45,7 @@ def _recipe_options(args) -> dict:
     _check_recipe_args(args)
     opts = {}
     for key in ("group_size", "mode", "target_bpw", "calibration", "calib_samples", "calib_seq_len",
-                "sensitivity"):
+                "sensitivity", "sensitivity_model"):
         value = getattr(args, key, None)
         if value is not None:
             opts[key] = value
@@ -55,7 +55,8 @@ def _recipe_options(args) -> dict:
 def _add_recipe_args(p, multiple=False):
     if multiple:
         p.add_argument("--recipe", action="append", required=True,
-                       help="recipe name, tier file (.toml/.yaml) or file.py:Name; repeat for several")
+                       help="recipe name, tier file (.toml/.yaml), file.py:Name, or an existing quant "
+                       "(path/to/quant-dir or hub:org/name); repeat for several")
     p.add_argument("--model", default="smollm2-135m",
                    help="smollm2-135m (default), smollm2-moe, synthetic:ARCH, a .gguf, a local dir or a hub id")
     p.add_argument("--group-size", type=int, help="quantization group size (default per mode: 64/32/16)")
@@ -65,6 +66,8 @@ def _add_recipe_args(p, multiple=False):
     p.add_argument("--calib-samples", type=int, help="calibration samples (default 128 x 256 on a GPU, 16 x 256 on CPU)")
     p.add_argument("--calib-seq-len", type=int, help="calibration sequence length (default 256)")
     p.add_argument("--sensitivity", help="reuse a sensitivity.json instead of measuring (oQ)")
+    p.add_argument("--sensitivity-model", help="oQ: measure sensitivity on this quantized proxy (omlx's route for "
+                   "models larger than memory) instead of the float model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -152,7 +155,8 @@ def cmd_recipes(args) -> int:
 
     rows = [(name, describe(f)) for name, f in sorted(available().items())]
     print(tabulate(rows, headers=["recipe", "what it does"]))
-    print("\nAlso: --recipe path/to/tiers.toml (declarative tiers) or --recipe path/to/file.py:Name")
+    print("\nAlso: --recipe path/to/tiers.toml (declarative tiers), --recipe path/to/file.py:Name, or an existing\n"
+          "mlx-lm quant evaluated as is: --recipe path/to/quant-dir or --recipe hub:org/name")
     return 0
 
 
@@ -219,9 +223,10 @@ def cmd_plan(args) -> int:
     print(plan_table(plan, full=args.all))
     print()
     print(plan_summary(plan))
-    if hasattr(recipe, "view"):  # recipe-specific detail, e.g. oQ's sensitivity ranking
+    detail = recipe.view(plan) if hasattr(recipe, "view") else None
+    if detail:  # recipe-specific detail, e.g. oQ's sensitivity ranking
         print()
-        print(recipe.view(plan))
+        print(detail)
     if args.out:
         atomic_write_text(Path(args.out), plan.to_json())
         print(f"plan written to {args.out}")

@@ -65,7 +65,11 @@ def plan_from_rule(ctx: PlanContext, recipe: str, params: dict, rule: Rule,
         if own is False:
             t.reason = "model's quant_predicate keeps it float"
         elif is_router(path) and not quantize_router:
-            t.reason = "router: protected, kept float"
+            # float is at least as precise as any setting the model asks for (mlx-lm's
+            # MiniMax asks for an 8-bit router): say so instead of dropping it silently
+            t.reason = "router: protected, kept float" + (
+                f" (overrides the model's quant_predicate {_setting(own)}: float is more precise)"
+                if isinstance(own, dict) else "")
         elif isinstance(own, dict) and not is_router(path):
             # the architecture asks for specific settings here: honour them
             t.bits, t.group_size = own["bits"], own.get("group_size", 64)
@@ -78,6 +82,10 @@ def plan_from_rule(ctx: PlanContext, recipe: str, params: dict, rule: Rule,
         tensors.append(t)
     return Plan(recipe=recipe, params=dict(params), tensors=tensors, other_params=other_params,
                 dtype_bytes=dtype_bytes, summary=summary or {})
+
+
+def _setting(own: dict) -> str:
+    return f"{own.get('bits', '?')}-bit {own.get('mode', 'affine')} g{own.get('group_size', 64)}"
 
 
 class Recipe(abc.ABC):

@@ -1,4 +1,5 @@
-"""Recipe registry: find a recipe by name, tier file, `file.py:Name` or entry point.
+"""Recipe registry: find a recipe by name, tier file, `file.py:Name`, entry point, or an
+existing quantized model (`--recipe path/to/quant-dir` or `--recipe hub:org/name`).
 
 Recipes come from `harness.quantizers` (built-ins), the `harness.recipes` entry-point
 group (the entry point's object is either a factory `f(**options) -> Recipe` registered
@@ -48,6 +49,11 @@ def available() -> dict:
 
 def get_recipe(name: str, **options):
     """Instantiate a recipe by name, tier file, or `file.py:Name`."""
+    from harness.quantizers.existing import ExistingQuant, is_existing_spec
+
+    if is_existing_spec(name):  # a quant somebody already made: read back, never requantized
+        # recipe options (--group-size, --calib-samples ...) belong to the other recipes of a run
+        return check_recipe(ExistingQuant.from_spec(name, taken=set(available())), name)
     if ":" in name and name.split(":", 1)[0].endswith(".py"):
         factory = _load_from_file(*name.split(":", 1))
     elif name.endswith((".toml", ".yaml", ".yml")):
