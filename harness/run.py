@@ -9,10 +9,11 @@ from typing import Optional
 
 from tabulate import tabulate
 
+import harness.distributed as distributed
 from harness.build import BuildOptions, build, read_provenance
 from harness.cache import cache_root, sha256_bytes
 from harness.errors import HarnessError
-from harness.runtime.execution import is_quantized, load_artifact, on_gpu, resolve_exec_mode
+from harness.runtime.execution import is_quantized, on_gpu, resolve_exec_mode
 from harness.results import ItemLog, read_items, result_dir, write_result
 from harness.sources import model_slug
 from harness.suite import SuiteContext
@@ -32,6 +33,11 @@ class RunOptions:
     recipe_options: dict = field(default_factory=dict)
     progress: bool = True
     fresh: bool = False
+    # several ranks (harness/distributed.py): --launch N, --shard tensor|pipeline, --distribute
+    launch: Optional[int] = None
+    shard: Optional[str] = None
+    distribute: str = "auto"
+    argv: list = field(default_factory=list)
 
     @classmethod
     def from_args(cls, args, recipe_options: dict) -> "RunOptions":
@@ -42,7 +48,9 @@ class RunOptions:
             raise HarnessError("--limit must be a positive number of items")
         return cls(recipes=args.recipe, suites=args.suite, model=args.model, limit=args.limit, seed=args.seed,
                    exec_mode=args.exec_mode, out=Path(args.out), options=options,
-                   recipe_options=recipe_options, progress=not args.no_progress, fresh=args.fresh)
+                   recipe_options=recipe_options, progress=not args.no_progress, fresh=args.fresh,
+                   launch=getattr(args, "launch", None), shard=getattr(args, "shard", None),
+                   distribute=getattr(args, "distribute", None) or "auto", argv=getattr(args, "argv", []))
 
 
 def parse_suite_options(pairs) -> dict:
@@ -73,13 +81,15 @@ class _Reference:
 
     def path(self) -> Path:
         if self._built is None:
-            self._built = build(BuildOptions(model=self.opts.model, recipe="float", seed=self.opts.seed,
-                                             progress=self.opts.progress), log=lambda m: None)
+            self._built = distributed.build_once(distributed.session(), lambda: build(BuildOptions(
+                model=self.opts.model, recipe="float", seed=self.opts.seed, progress=self.opts.progress),
+                log=lambda m: None))
         return self._built.path
 
     def __call__(self):
         if self._loaded is None:
-            model, tokenizer, _ = load_artifact(self.path(), "native")  # float: modes coincide
+            # float: modes coincide
+            model, tokenizer = distributed.load_artifact(distributed.session(), self.path(), "native")
             self._loaded = (model, tokenizer)
         return self._loaded
 
@@ -87,19 +97,29 @@ class _Reference:
 def run(opts: RunOptions, log=print) -> list:
     """Run every (recipe, suite) pair; returns the list of result dicts written."""
     suites = [get_suite(name) for name in opts.suites]  # fail fast on unknown suites
+    dist = distributed.setup(opts.shard, opts.distribute)  # several ranks: harness/distributed.py
+    distributed.check_suites(dist, suites)
+    mine = distributed.plan_jobs(dist, [(r, s.name) for r in opts.recipes for s in suites], opts.distribute)
     reference = _Reference(opts)
+    if dist.distribute == "jobs":
+        distributed.check_shared_out(dist, opts.out)
+        if any(getattr(s, "needs_reference", False) for s in suites):
+            reference.path()  # built once, before the ranks go separate ways
     slug = model_slug(opts.model)
     written = []
     for recipe in opts.recipes:
-        built = build(BuildOptions(model=opts.model, recipe=recipe, seed=opts.seed, progress=opts.progress,
-                                   recipe_options=opts.recipe_options), log=log)
+        built = distributed.build_once(dist, lambda: build(BuildOptions(
+            model=opts.model, recipe=recipe, seed=opts.seed, progress=opts.progress,
+            recipe_options=opts.recipe_options), log=log))
         recipe_name = built.plan.recipe
         loaded = {}
         for suite in suites:
+            if (recipe, suite.name) not in mine:
+                continue  # another rank's job
             mode = resolve_exec_mode(getattr(suite, "exec_mode", None) or opts.exec_mode)
             if mode not in loaded:
                 loaded.clear()  # one model in memory at a time
-                loaded[mode] = load_artifact(built.path, mode)[:2]
+                loaded[mode] = distributed.load_artifact(dist, built.path, mode)
             model, tokenizer = loaded[mode]
             ctx = SuiteContext(model=model, tokenizer=tokenizer, artifact=built.path, exec_mode=mode,
                                reference=reference, reference_path=None, limit=opts.limit, seed=opts.seed,
@@ -112,8 +132,9 @@ def run(opts: RunOptions, log=print) -> list:
                 log("  note: MLX's CPU quantized matmul does not use BLAS (a few GFLOP/s): expect minutes per "
                     "4k-token prefill, and CPU speeds that say nothing about Metal")
             result = run_suite(suite, ctx, built, opts, recipe_name, slug)
-            written.append(result)
-    return written
+            if result is not None:  # None: a rank other than 0 (rank 0 writes)
+                written.append(result)
+    return distributed.collect_jobs(dist, written, opts.out)
 
 
 def run_suite(suite, ctx: SuiteContext, built, opts: RunOptions, recipe_name: str, slug: str) -> dict:
@@ -124,22 +145,28 @@ def run_suite(suite, ctx: SuiteContext, built, opts: RunOptions, recipe_name: st
         [prov.get("artifact_key"), suite.name, version, ctx.exec_mode, opts.seed, ctx.options],
         sort_keys=True, default=str).encode())[:16]
     items_path = out_dir / f"{suite.name}.items.jsonl"
-    if opts.fresh and items_path.exists():
-        items_path.unlink()
-    log_ = ItemLog(items_path, run_key)
     items = suite.items(ctx)
     ids = [it["id"] for it in items]
     if len(set(ids)) != len(ids):
         raise HarnessError(f"suite {suite.name} produced duplicate item ids; report this bug")
-    pending = [it for it in items if it["id"] not in log_.records]
-    if len(pending) < len(items):
-        print(f"  resuming: {len(items) - len(pending)} of {len(items)} items already done", file=sys.stderr)
     t0 = time.time()
-    if pending:
-        for record in suite.run(ctx, pending):
-            log_.append(record)
-    wanted = set(ids)
-    records = [r for i, r in log_.records.items() if i in wanted]
+    dist = distributed.session()
+    if dist.active and dist.distribute == "items":  # items split over ranks, or a sharded model
+        log_ = distributed.evaluate(dist, suite, ctx, items, items_path, run_key, opts.fresh)
+        if not dist.writer:
+            return None
+    else:
+        if opts.fresh and items_path.exists():
+            items_path.unlink()
+        log_ = ItemLog(items_path, run_key)
+        pending = [it for it in items if it["id"] not in log_.records]
+        if len(pending) < len(items):
+            print(f"  resuming: {len(items) - len(pending)} of {len(items)} items already done", file=sys.stderr)
+        if pending:
+            for record in suite.run(ctx, pending):
+                log_.append(record)
+    # item order, whoever produced which record first (one process, several ranks, resumes)
+    records = distributed.in_item_order(log_, ids)
     summary = suite.summarize(ctx, records)
     data_info = suite.data_info(ctx) if hasattr(suite, "data_info") else {}
     from harness.provenance import provenance
@@ -170,6 +197,8 @@ def run_suite(suite, ctx: SuiteContext, built, opts: RunOptions, recipe_name: st
                                  seconds=round(time.time() - t0, 2)),
         "items_file": items_path.name,
     }
+    if dist.active:
+        result["provenance"]["distributed"] = {**dist.describe(), "items_per_rank": dist.shares.get(suite.name)}
     paired = _paired_vs_float(records, opts, slug, suite.name, recipe_name)
     if paired:
         result["paired"] = paired
@@ -214,7 +243,11 @@ def summary_rows(results: list) -> list:
 
 
 def run_cli(opts: RunOptions) -> int:
+    if opts.launch:  # the local shortcut: this command as N ranks through mlx.launch
+        return distributed.launch(opts.launch, opts.argv)
     results = run(opts, log=lambda m: print(m, file=sys.stderr))
+    if not distributed.session().writer:
+        return 0  # rank 0 prints and writes
     print(tabulate(summary_rows(results), headers=["recipe", "suite", "exec", "items", "bpw", "metrics"],
                    tablefmt="simple"))
     for r in results:
@@ -223,4 +256,5 @@ def run_cli(opts: RunOptions) -> int:
             if isinstance(text, str) and text:
                 print(f"\n{r['recipe']} / {r['suite']}:\n{text}")
     print(f"\nresults written to {opts.out}/{model_slug(opts.model)}/")
+    distributed.report_done(distributed.session())
     return 0
