@@ -207,7 +207,7 @@ COMMANDS = {"recipes": cmd_recipes, "suites": cmd_suites, "plan": cmd_plan, "bui
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # `run --launch` re-issues the command
+    args.argv = None if argv is None else list(argv)  # `run --launch` re-issues the command (None: sys.argv)
     if argv is None and getattr(args, "no_progress", False):
         # also the bars of code we call (GGUF import, datasets); only in a real CLI
         # process, so callers of main(argv) keep their environment

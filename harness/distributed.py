@@ -81,9 +81,15 @@ class Dist:
     def ranks_per_host(self) -> int:
         return max(self.hosts.count(h) for h in set(self.hosts)) if self.hosts else 1
 
-    def describe(self) -> dict:
-        return {"world_size": self.size, "backend": self.backend, "hosts": self.hosts,
-                "mode": "shard-" + self.shard if self.shard else self.distribute}
+    def describe(self, suite: Optional[str] = None) -> dict:
+        """What goes into a result's provenance["distributed"]."""
+        out = {"world_size": self.size, "backend": self.backend, "hosts": self.hosts,
+               "mode": "shard-" + self.shard if self.shard else self.distribute}
+        if self.distribute == "jobs" and not self.shard:
+            out["rank"] = self.rank  # the rank that ran the whole job
+        elif suite in self.shares:
+            out["items_per_rank"] = self.shares[suite]  # under --shard every rank runs every item
+        return out
 
 
 _SESSION: Optional[Dist] = None
@@ -122,11 +128,11 @@ def setup(shard: Optional[str] = None, distribute: str = "auto") -> Dist:
         backend = detect_backend()
         _SESSION = _join(backend) if backend else Dist()
     dist = _SESSION
-    dist.shard = shard
-    dist.distribute = distribute
     if shard and not dist.active:
         raise HarnessError(f"--shard {shard} needs several ranks: add --launch 2 (this machine) or start it "
                            "with `mlx.launch --hostfile hosts.json -- harness run ...`")
+    dist.shard = shard
+    dist.distribute = distribute
     return dist
 
 
@@ -158,10 +164,13 @@ def _join(backend: str) -> Dist:
     return dist
 
 
+def _stopped_message() -> str:
+    return f"rank {session().rank} stopped: another rank failed or the run was cancelled; {RERUN}"
+
+
 def _stopped_by_launcher(signum, frame):
     # mlx.launch terminates the surviving ranks when one fails (or on Ctrl-C)
-    print(f"harness: error: rank {session().rank} stopped: another rank failed or the run was cancelled; "
-          f"{RERUN}", file=sys.stderr, flush=True)
+    print(f"harness: error: {_stopped_message()}", file=sys.stderr, flush=True)
     os._exit(3)
 
 
@@ -176,13 +185,16 @@ def gather_json(dist: Dist, obj) -> list:
     payload = json.dumps(obj, ensure_ascii=False, default=_json_default).encode()
     if not dist.active:
         return [obj]
-    sizes = mx.distributed.all_gather(mx.array([len(payload)], dtype=mx.int32), group=dist.group,
-                                      stream=mx.cpu)
-    sizes = [int(s) for s in np.array(sizes)]
-    width = max(max(sizes), 1)
-    buf = np.zeros(width, dtype=np.uint8)
-    buf[: len(payload)] = np.frombuffer(payload, dtype=np.uint8)
-    data = np.array(mx.distributed.all_gather(mx.array(buf), group=dist.group, stream=mx.cpu))
+    try:
+        sizes = mx.distributed.all_gather(mx.array([len(payload)], dtype=mx.int32), group=dist.group,
+                                          stream=mx.cpu)
+        sizes = [int(s) for s in np.array(sizes)]
+        width = max(max(sizes), 1)
+        buf = np.zeros(width, dtype=np.uint8)
+        buf[: len(payload)] = np.frombuffer(payload, dtype=np.uint8)
+        data = np.array(mx.distributed.all_gather(mx.array(buf), group=dist.group, stream=mx.cpu))
+    except RuntimeError:  # a peer's socket closed: it died
+        raise HarnessError(_stopped_message())
     data = data.reshape(dist.size, width)
     dist.sent_bytes += len(payload)
     dist.received_bytes += sum(sizes) - len(payload)
@@ -193,7 +205,10 @@ def barrier(dist: Dist) -> None:
     if dist.active:
         import mlx.core as mx
 
-        mx.eval(mx.distributed.all_sum(mx.array(1.0), group=dist.group, stream=mx.cpu))
+        try:
+            mx.eval(mx.distributed.all_sum(mx.array(1.0), group=dist.group, stream=mx.cpu))
+        except RuntimeError:
+            raise HarnessError(_stopped_message())
 
 
 def build_once(dist: Dist, make):
@@ -300,27 +315,27 @@ def collect_jobs(dist: Dist, written: list, out_root: Path) -> list:
     """Jobs mode on separate disks: the results other ranks wrote reach rank 0."""
     if dist.distribute != "jobs" or not dist.active:
         return written
-    payload = [] if dist.shared_out else [_pack(r, out_root) for r in written]
-    got = gather_json(dist, payload)
+    got = gather_json(dist, [_pack(r, out_root, dist.shared_out) for r in written])
     if not dist.writer:
         return []
     from harness.results import write_result
 
     for rank_results in got[1:]:
         for result, path, items in rank_results:
-            if items is not None:
-                _write_items(Path(out_root) / path, items)
-            write_result(Path(out_root) / path.replace(".items.jsonl", ".json"), result)
+            if not dist.shared_out:  # written on another disk: store it here too
+                if items is not None:
+                    _write_items(Path(out_root) / path, items)
+                write_result(Path(out_root) / path.replace(".items.jsonl", ".json"), result)
             written.append(result)
     return written
 
 
-def _pack(result: dict, out_root: Path):
+def _pack(result: dict, out_root: Path, shared: bool):
     from harness.sources import model_slug
 
     rel = f"{model_slug(result['model'])}/{result['recipe']}/{result['items_file']}"
     path = Path(out_root) / rel
-    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else None
+    lines = path.read_text(encoding="utf-8").splitlines() if not shared and path.is_file() else None
     return [result, rel, lines]
 
 
@@ -476,19 +491,27 @@ def strip_launch(argv: list) -> list:
     return out
 
 
-def launch(n: int, argv: list) -> int:
+def launch(n: int, argv: Optional[list]) -> int:
     """`harness run --launch N ...`: the same command as N ranks on this machine
-    through mlx.launch (ring backend on localhost). One line if a rank fails."""
+    through mlx.launch (ring backend on localhost). One line if a rank fails.
+
+    argv None: this process's own command line is re-issued as it was started
+    (`harness ...`, `python -m harness ...` or a wrapper script); else
+    `python -m harness ARGV`."""
     if n < 1:
         raise HarnessError("--launch needs a number of ranks >= 1 (e.g. --launch 2)")
-    rest = strip_launch(argv)
-    threads = max(1, (os.cpu_count() or 1) // n)  # ranks share the cores: no BLAS oversubscription
+    if argv is None:
+        rank_cmd = [sys.executable, *strip_launch(sys.orig_argv[1:])]
+    else:
+        rank_cmd = [sys.executable, "-m", "harness", *strip_launch(argv)]
+    # ranks share the cores: no BLAS oversubscription (an explicit OPENBLAS_NUM_THREADS wins)
+    threads = os.environ.get("OPENBLAS_NUM_THREADS") or max(1, (os.cpu_count() or 1) // n)
     fd, status = tempfile.mkstemp(prefix="harness-launch-")
     os.close(fd)
     cmd = [sys.executable, "-c", "from mlx._distributed_utils.launch import main; main()",
            "--backend", "ring", "-n", str(n), "--starting-port", str(_free_port(n)),
            "--env", f"HARNESS_LAUNCH_STATUS={status}", "--env", f"OPENBLAS_NUM_THREADS={threads}",
-           "--", sys.executable, "-m", "harness", *rest]
+           "--", *rank_cmd]
     failed, errors = [], set()
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -498,6 +521,8 @@ def launch(n: int, argv: list) -> int:
             if plain.startswith("[WARN] Node with rank"):
                 failed.append(plain[len("[WARN] Node with "):])
                 continue
+            if plain.startswith("harness: error: rank") and "another rank failed" in plain:
+                continue  # a survivor stopped by mlx.launch: the summary line below says it
             if plain.startswith("harness: error:"):
                 if plain in errors:
                     continue  # the same check failed on every rank: say it once

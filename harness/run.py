@@ -37,7 +37,7 @@ class RunOptions:
     launch: Optional[int] = None
     shard: Optional[str] = None
     distribute: str = "auto"
-    argv: list = field(default_factory=list)
+    argv: Optional[list] = None  # the command's arguments (None: this process's own command line)
 
     @classmethod
     def from_args(cls, args, recipe_options: dict) -> "RunOptions":
@@ -50,7 +50,7 @@ class RunOptions:
                    exec_mode=args.exec_mode, out=Path(args.out), options=options,
                    recipe_options=recipe_options, progress=not args.no_progress, fresh=args.fresh,
                    launch=getattr(args, "launch", None), shard=getattr(args, "shard", None),
-                   distribute=getattr(args, "distribute", None) or "auto", argv=getattr(args, "argv", []))
+                   distribute=getattr(args, "distribute", None) or "auto", argv=getattr(args, "argv", None))
 
 
 def parse_suite_options(pairs) -> dict:
@@ -198,7 +198,7 @@ def run_suite(suite, ctx: SuiteContext, built, opts: RunOptions, recipe_name: st
         "items_file": items_path.name,
     }
     if dist.active:
-        result["provenance"]["distributed"] = {**dist.describe(), "items_per_rank": dist.shares.get(suite.name)}
+        result["provenance"]["distributed"] = dist.describe(suite.name)
     paired = _paired_vs_float(records, opts, slug, suite.name, recipe_name)
     if paired:
         result["paired"] = paired
