@@ -219,7 +219,8 @@ def test_killed_rank_stops_run_and_rerun_resumes_to_identical_result(tmp_path):
 
     proc = subprocess.Popen(cmd + ["--out", str(out), "--launch", "2"], env=_env(HARNESS_TEST_SLEEP="1"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    part1 = part_path(out / "synthetic-llama" / "uniform4" / "counting.items.jsonl", 1)
+    items = out / "synthetic-llama" / "uniform4" / "counting.items.jsonl"
+    part1 = part_path(items, 1)
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
         if part1.is_file() and len(part1.read_text().splitlines()) >= 3:  # header + 2 records
@@ -233,8 +234,11 @@ def test_killed_rank_stops_run_and_rerun_resumes_to_identical_result(tmp_path):
     lines = [line for line in err.splitlines() if line.startswith("harness: error")]
     assert len(lines) == 1 and "rank 1 exited with code -9" in lines[0] and "rerun" in lines[0], err[-2000:]
     assert not (out / "synthetic-llama" / "uniform4" / "counting.json").exists()
-    kept = len(read_items(out / "synthetic-llama" / "uniform4" / "counting.json"))
-    kept += len(part1.read_text().splitlines()) - 1
+    kept = {r["id"] for r in read_items(out / "synthetic-llama" / "uniform4" / "counting.json")}
+    for rank in (0, 1):  # the ranks' own logs (rank 1's records since the last gather, at least)
+        own = part_path(items, rank)
+        kept |= {json.loads(line)["id"] for line in own.read_text().splitlines()[1:]} if own.is_file() else set()
+    kept = len(kept)
     assert 2 <= kept < 12
 
     again = subprocess.run(cmd + ["--out", str(out), "--launch", "2"], env=_env(), capture_output=True,
