@@ -65,6 +65,7 @@ class Dist:
     sent_bytes: int = 0  # payload this rank put into collectives
     received_bytes: int = 0  # payload it got from the other ranks
     shares: dict = field(default_factory=dict)  # suite -> items evaluated per rank
+    volume: dict = field(default_factory=dict)  # suite -> JSON bytes its gathers moved between ranks
 
     @property
     def active(self) -> bool:
@@ -89,6 +90,7 @@ class Dist:
             out["rank"] = self.rank  # the rank that ran the whole job
         elif suite in self.shares:
             out["items_per_rank"] = self.shares[suite]  # under --shard every rank runs every item
+            out["gathered_bytes"] = self.volume.get(suite)  # records, ids; not the model's own traffic
         return out
 
 
@@ -368,6 +370,14 @@ def _read_part(path: Path, run_key: str) -> list:
 
 def evaluate(dist: Dist, suite, ctx, items: list, items_path: Path, run_key: str, fresh: bool):
     """Every rank's share of `items`; on rank 0 returns the ItemLog holding all records."""
+    before = dist.sent_bytes + dist.received_bytes
+    try:
+        return _evaluate(dist, suite, ctx, items, items_path, run_key, fresh)
+    finally:
+        dist.volume[suite.name] = dist.sent_bytes + dist.received_bytes - before
+
+
+def _evaluate(dist: Dist, suite, ctx, items: list, items_path: Path, run_key: str, fresh: bool):
     ids = [it["id"] for it in items]
     wanted = set(ids)
     own = part_path(items_path, dist.rank)

@@ -99,6 +99,8 @@ def run(opts: RunOptions, log=print) -> list:
     suites = [get_suite(name) for name in opts.suites]  # fail fast on unknown suites
     dist = distributed.setup(opts.shard, opts.distribute)  # several ranks: harness/distributed.py
     distributed.check_suites(dist, suites)
+    if not dist.writer:
+        log = lambda m: None  # noqa: E731 - rank 0 speaks for the run
     mine = distributed.plan_jobs(dist, [(r, s.name) for r in opts.recipes for s in suites], opts.distribute)
     reference = _Reference(opts)
     if dist.distribute == "jobs":
@@ -124,7 +126,7 @@ def run(opts: RunOptions, log=print) -> list:
             ctx = SuiteContext(model=model, tokenizer=tokenizer, artifact=built.path, exec_mode=mode,
                                reference=reference, reference_path=None, limit=opts.limit, seed=opts.seed,
                                options=dict(opts.options), cache_dir=cache_root() / "suite-cache" / slug,
-                               progress=opts.progress)
+                               progress=opts.progress and dist.writer)
             if getattr(suite, "needs_reference", False):
                 ctx.reference_path = reference.path()
             log(f"[{recipe_name} / {suite.name}] exec={mode}")

@@ -7,6 +7,7 @@ Ranks and the one-process baselines run as subprocesses with OPENBLAS_NUM_THREAD
 fp32 sums in the last bits, and these tests compare bits.
 """
 
+import base64
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from harness import distributed
@@ -87,6 +89,9 @@ def _close(a, b, tol: float, where: str = "") -> None:
         assert len(a) == len(b), where
         for i, (x, y) in enumerate(zip(a, b)):
             _close(x, y, tol, f"{where}[{i}]")
+    elif isinstance(a, str) and tol and a != b:  # fidelity's per-token arrays: base64 float32
+        x, y = (np.frombuffer(base64.b64decode(v), dtype=np.float32) for v in (a, b))
+        assert np.allclose(x, y, rtol=tol, atol=tol), f"{where}: max diff {np.abs(x - y).max()}"
     else:
         assert a == b, f"{where}: {a!r} != {b!r}"
 
