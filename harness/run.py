@@ -136,7 +136,19 @@ def run(opts: RunOptions, log=print) -> list:
             result = run_suite(suite, ctx, built, opts, recipe_name, slug)
             if result is not None:  # None: a rank other than 0 (rank 0 writes)
                 written.append(result)
-    return distributed.collect_jobs(dist, written, opts.out)
+    written = distributed.collect_jobs(dist, written, opts.out)
+    if dist.distribute == "jobs" and dist.writer:  # the float job may have finished after the others
+        for result in written:
+            _refresh_paired(result, opts, slug)
+    return written
+
+
+def _refresh_paired(result: dict, opts: RunOptions, slug: str) -> None:
+    path = result_dir(opts.out, slug, result["recipe"]) / f"{result['suite']}.json"
+    paired = _paired_vs_float(read_items(path), opts, slug, result["suite"], result["recipe"])
+    if paired and paired != result.get("paired"):
+        result["paired"] = paired
+        write_result(path, result)
 
 
 def run_suite(suite, ctx: SuiteContext, built, opts: RunOptions, recipe_name: str, slug: str) -> dict:
