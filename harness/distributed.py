@@ -368,6 +368,24 @@ def _read_part(path: Path, run_key: str) -> list:
     return out
 
 
+def merge_parts(log_: ItemLog, wanted: set, keep: Optional[Path] = None, discard: bool = False) -> list:
+    """Append the records of the per-rank logs visible beside `log_` (a run on several
+    ranks that died; this disk shared or this host's ranks) to it; returns their paths.
+    A one-process rerun calls it too, so no finished item is redone. discard (--fresh):
+    delete them instead."""
+    seen = []
+    pattern = part_path(log_.path, 0).name.replace("rank0", "rank*")
+    for p in sorted(log_.path.parent.glob(pattern)):
+        if discard:
+            p.unlink(missing_ok=True)
+        elif p != keep:
+            seen.append(p)
+            for rec in _read_part(p, log_.run_key):
+                if rec["id"] in wanted:
+                    log_.append(rec)
+    return seen
+
+
 def evaluate(dist: Dist, suite, ctx, items: list, items_path: Path, run_key: str, fresh: bool):
     """Every rank's share of `items`; on rank 0 returns the ItemLog holding all records."""
     before = dist.sent_bytes + dist.received_bytes
@@ -390,16 +408,8 @@ def _evaluate(dist: Dist, suite, ctx, items: list, items_path: Path, run_key: st
     if dist.writer:
         if fresh:
             items_path.unlink(missing_ok=True)
-            for p in items_path.parent.glob(part_path(items_path, 0).name.replace("rank0", "rank*")):
-                if p != own:
-                    p.unlink(missing_ok=True)
         log_ = ItemLog(items_path, run_key)
-        for p in sorted(items_path.parent.glob(part_path(items_path, 0).name.replace("rank0", "rank*"))):
-            if p != own:
-                seen_parts.append(p)
-                for rec in _read_part(p, run_key):
-                    if rec["id"] in wanted:
-                        log_.append(rec)
+        seen_parts = merge_parts(log_, wanted, keep=own, discard=fresh)
         for rec in (part.records.values() if part else []):
             if rec["id"] in wanted:
                 log_.append(rec)

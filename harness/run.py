@@ -173,12 +173,15 @@ def run_suite(suite, ctx: SuiteContext, built, opts: RunOptions, recipe_name: st
         if opts.fresh and items_path.exists():
             items_path.unlink()
         log_ = ItemLog(items_path, run_key)
+        merged = distributed.merge_parts(log_, set(ids), discard=opts.fresh)  # ranks of a stopped run
         pending = [it for it in items if it["id"] not in log_.records]
         if len(pending) < len(items):
             print(f"  resuming: {len(items) - len(pending)} of {len(items)} items already done", file=sys.stderr)
         if pending:
             for record in suite.run(ctx, pending):
                 log_.append(record)
+        for path in merged:
+            path.unlink(missing_ok=True)
     # item order, whoever produced which record first (one process, several ranks, resumes)
     records = distributed.in_item_order(log_, ids)
     summary = suite.summarize(ctx, records)

@@ -314,9 +314,49 @@ def test_smollm2_two_ranks_match_one_process(tmp_path, suite, limit, tol):
 def test_smollm2_tensor_sharded_fidelity_ppl_matches(tmp_path):
     common = ["run", "--recipe", "uniform4", "--suite", "fidelity", "--limit", "4"]
     harness(*common, "--out", str(tmp_path / "one"), timeout=3000)
-    env = _env(HARNESS_CACHE=os.environ["HARNESS_CACHE"])
+    # the converted model and the artifacts are reused; the reference logits are computed again, sharded
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for name in ("sources", "artifacts", "plans"):
+        (cache / name).symlink_to(Path(os.environ["HARNESS_CACHE"]) / name)
+    env = _env(HARNESS_CACHE=str(cache))
     harness(*common, "--out", str(tmp_path / "two"), "--launch", "2", "--shard", "tensor", env=env, timeout=3000)
     a = read_result(tmp_path / "one" / "smollm2-135m" / "uniform4" / "fidelity.json")["summary"]
     b = read_result(tmp_path / "two" / "smollm2-135m" / "uniform4" / "fidelity.json")["summary"]
     assert abs(a["ppl"] - b["ppl"]) <= 1e-4 * a["ppl"]
+    assert abs(a["ref_ppl"] - b["ref_ppl"]) <= 1e-4 * a["ref_ppl"]
     assert abs(a["kld_mean"] - b["kld_mean"]) <= 1e-4
+
+
+def test_one_process_rerun_keeps_what_stopped_ranks_logged(fake_counting, tmp_path):
+    """A run on 2 ranks died; `harness run` without any launcher finishes it from their logs."""
+    from harness.cli import main
+
+    args = ["run", "--recipe", "float", "--suite", "counting", "--model", "synthetic:llama", "--limit", "4",
+            "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    done = read_items(tmp_path / "one" / "synthetic-llama" / "float" / "counting.json")
+    items = tmp_path / "two" / "synthetic-llama" / "float" / "counting.items.jsonl"
+    run_key = json.loads((tmp_path / "one" / "synthetic-llama" / "float" / "counting.items.jsonl")
+                         .read_text().splitlines()[0])["_run_key"]
+    part = ItemLog(part_path(items, 1), run_key)
+    part.append({**done[3], "logit": 123.0})  # a value the rerun cannot have computed itself
+    assert main([*args, "--out", str(tmp_path / "two")]) == 0
+    again = read_items(tmp_path / "two" / "synthetic-llama" / "float" / "counting.json")
+    assert [r["id"] for r in again] == [r["id"] for r in done] and again[3]["logit"] == 123.0
+    assert not part_path(items, 1).exists()
+    ItemLog(part_path(items, 1), run_key).append({**done[3], "logit": 123.0})
+    assert main([*args, "--out", str(tmp_path / "two"), "--fresh"]) == 0  # --fresh drops rank logs too
+    assert not part_path(items, 1).exists()
+    assert read_items(tmp_path / "two" / "synthetic-llama" / "float" / "counting.json") == done
+
+
+@pytest.fixture()
+def fake_counting(tmp_path, monkeypatch):
+    plugin = tmp_path / "plugin"
+    plugin.mkdir()
+    (plugin / "fake_suite.py").write_text(COUNTING)
+    monkeypatch.syspath_prepend(str(plugin))
+    import harness.suites_registry as reg
+
+    monkeypatch.setitem(reg.BUILTIN_SUITES, "counting", "fake_suite:CountingSuite")
