@@ -197,8 +197,9 @@ def test_two_ranks_store_what_one_process_stores(tmp_path):
     assert (dist["world_size"], dist["backend"], len(dist["hosts"])) == (2, "ring", 2)
     assert dist["items_per_rank"] == [3, 2] and dist["mode"] == "items"
     # mmlu batches questions right-padded by length: a question's batch-mates change the
-    # fp32 GEMM blocking, so its log-probs move in the last bits (~1e-6 relative); the
-    # predictions, correctness and every count in the summary are identical
+    # fp32 GEMM blocking, so its log-probs move in the last bits (here ~1e-6 relative; on
+    # SmolLM2 q4, 40 questions: up to 1.4e-5 relative, 7e-5 absolute); the predictions,
+    # correctness and every count in the summary are identical
     res = assert_same_results(tmp_path / "one", tmp_path / "two", "uniform4", "mmlu", tol=1e-5)
     assert res["provenance"]["distributed"]["items_per_rank"] == [3, 2]
 
@@ -302,7 +303,7 @@ def test_shard_without_ranks_is_one_clear_error(capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("suite,limit,tol", [("mmlu", 40, 1e-5), ("fidelity", 4, 0.0), ("reasoning", 4, 0.0)])
+@pytest.mark.parametrize("suite,limit,tol", [("mmlu", 40, 1e-4), ("fidelity", 4, 0.0), ("reasoning", 4, 0.0)])
 def test_smollm2_two_ranks_match_one_process(tmp_path, suite, limit, tol):
     common = ["run", "--recipe", "uniform4", "--suite", suite, "--limit", str(limit)]
     harness(*common, "--out", str(tmp_path / "one"), timeout=3000)
