@@ -252,6 +252,16 @@ def load_sharded(dist: Dist, path: Path, mode: str):
         hint = f"use --shard {other[0]}" if other else "run it data parallel (no --shard) on machines that fit it"
         raise HarnessError(f"mlx-lm has no {dist.shard}-parallel support for model_type "
                            f"{config.get('model_type')!r}; {hint}")
+    if dist.shard == "tensor":
+        # mlx-lm's shard() divides heads and widths by the group size without checking
+        uneven = {k: config[k] for k in ("num_attention_heads", "num_key_value_heads", "intermediate_size",
+                                         "moe_intermediate_size")
+                  if isinstance(config.get(k), int) and config[k] % dist.size}
+        if uneven:
+            what = ", ".join(f"{k}={v}" for k, v in uneven.items())
+            raise HarnessError(f"--shard tensor cannot split this model over {dist.size} ranks ({what} are not "
+                               f"multiples of {dist.size}); use a rank count that divides them, or data "
+                               "parallel (no --shard)")
     if mode == "native" and dist.shard == "tensor" and on_gpu():
         model, tokenizer = sharded_load(str(path), tensor_group=dist.group)
         return model, tokenizer
