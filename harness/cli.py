@@ -106,6 +106,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--judge", help="OpenAI-compatible endpoint used as an extra grader "
                                    "(shortcut for --opt reasoning.judge=URL)")
     p.add_argument("--fresh", action="store_true", help="discard stored items and start over")
+    # several ranks (harness/distributed.py; README "Several machines")
+    p.add_argument("--launch", type=int, metavar="N",
+                   help="run as N ranks on this machine through mlx.launch (ring backend on localhost)")
+    p.add_argument("--shard", choices=["tensor", "pipeline"],
+                   help="under mlx.launch/--launch: load the model sharded over the ranks (model parallel)")
+    p.add_argument("--distribute", choices=["auto", "items", "jobs"], default="auto",
+                   help="under mlx.launch/--launch: split each suite's items over the ranks, or hand whole "
+                        "(recipe, suite) jobs to ranks (auto: jobs when their number is a multiple of the ranks)")
 
     p = sub.add_parser("report", help="comparison tables and plots from stored results")
     p.add_argument("--results", default="results")
@@ -296,6 +304,7 @@ COMMANDS = {"score": cmd_score, "recipes": cmd_recipes, "suites": cmd_suites, "p
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    args.argv = None if argv is None else list(argv)  # `run --launch` re-issues the command (None: sys.argv)
     if argv is None and getattr(args, "no_progress", False):
         # also the bars of code we call (GGUF import, datasets); only in a real CLI
         # process, so callers of main(argv) keep their environment

@@ -1,6 +1,7 @@
 """`harness run`: build or reuse artifacts, run suites, store results, print a summary."""
 
 import dataclasses
+import contextlib
 import json
 import sys
 import time
@@ -10,11 +11,12 @@ from typing import Optional
 
 from tabulate import tabulate
 
+import harness.distributed as distributed
 from harness.build import BuildOptions, build, read_provenance
 from harness.cache import cache_root, sha256_bytes
 from harness.errors import HarnessError
 from harness.options import NoOptions, parse_options, parse_pairs, route_options
-from harness.runtime.execution import is_quantized, load_artifact, on_gpu, resolve_exec_mode
+from harness.runtime.execution import is_quantized, on_gpu, resolve_exec_mode
 from harness.results import ItemLog, clean_leftovers, item_fields, read_items, result_dir, run_lock, write_result
 from harness.sources import model_slug
 from harness.suite import SuiteContext
@@ -34,6 +36,11 @@ class RunOptions:
     recipe_options: dict = field(default_factory=dict)
     progress: bool = True
     fresh: bool = False
+    # several ranks (harness/distributed.py): --launch N, --shard tensor|pipeline, --distribute
+    launch: Optional[int] = None
+    shard: Optional[str] = None
+    distribute: str = "auto"
+    argv: Optional[list] = None  # the command's arguments (None: this process's own command line)
 
     @classmethod
     def from_args(cls, args, recipe_options: dict) -> "RunOptions":
@@ -46,7 +53,9 @@ class RunOptions:
             raise HarnessError("--limit must be a positive number of items")
         return cls(recipes=args.recipe, suites=args.suite, model=args.model, limit=args.limit, seed=args.seed,
                    exec_mode=args.exec_mode, out=Path(args.out), options=options,
-                   recipe_options=recipe_options, progress=not args.no_progress, fresh=args.fresh)
+                   recipe_options=recipe_options, progress=not args.no_progress, fresh=args.fresh,
+                   launch=getattr(args, "launch", None), shard=getattr(args, "shard", None),
+                   distribute=getattr(args, "distribute", None) or "auto", argv=getattr(args, "argv", None))
 
 
 def suite_options(suites: list, raw: dict) -> list:
@@ -84,13 +93,15 @@ class _Reference:
 
     def path(self) -> Path:
         if self._built is None:
-            self._built = build(BuildOptions(model=self.opts.model, recipe="float", seed=self.opts.seed,
-                                             progress=self.opts.progress), log=lambda m: None)
+            self._built = distributed.build_once(distributed.session(), lambda: build(BuildOptions(
+                model=self.opts.model, recipe="float", seed=self.opts.seed, progress=self.opts.progress),
+                log=lambda m: None))
         return self._built.path
 
     def __call__(self):
         if self._loaded is None:
-            model, tokenizer, _ = load_artifact(self.path(), "native")  # float: modes coincide
+            # float: modes coincide
+            model, tokenizer = distributed.load_artifact(distributed.session(), self.path(), "native")
             self._loaded = (model, tokenizer)
         return self._loaded
 
@@ -99,35 +110,65 @@ def run(opts: RunOptions, log=print) -> list:
     """Run every (recipe, suite) pair; returns the list of result dicts written."""
     suites = [get_suite(name) for name in opts.suites]  # fail fast on unknown suites
     parsed = suite_options(suites, opts.options)  # and on bad options, before anything is built
-    clean_leftovers(opts.out)
+    dist = distributed.setup(opts.shard, opts.distribute)  # several ranks: harness/distributed.py
+    distributed.check_suites(dist, suites)
+    if not dist.writer:
+        log = lambda m: None  # noqa: E731 - rank 0 speaks for the run
+    else:
+        clean_leftovers(opts.out)
+    mine = distributed.plan_jobs(dist, [(r, s.name) for r in opts.recipes for s in suites], opts.distribute)
     reference = _Reference(opts)
+    if dist.distribute == "jobs":
+        distributed.check_shared_out(dist, opts.out)
+        if any(getattr(s, "needs_reference", False) for s in suites):
+            reference.path()  # built once, before the ranks go separate ways
     slug = model_slug(opts.model)
     written = []
     for recipe in opts.recipes:
-        built = build(BuildOptions(model=opts.model, recipe=recipe, seed=opts.seed, progress=opts.progress,
-                                   recipe_options=opts.recipe_options), log=log)
+        built = distributed.build_once(dist, lambda: build(BuildOptions(
+            model=opts.model, recipe=recipe, seed=opts.seed, progress=opts.progress,
+            recipe_options=opts.recipe_options), log=log))
         recipe_name = built.plan.recipe
         loaded = {}
         for suite, options in zip(suites, parsed):
+            if (recipe, suite.name) not in mine:
+                continue  # another rank's job
             mode = resolve_exec_mode(getattr(suite, "exec_mode", None) or opts.exec_mode)
             if mode not in loaded:
                 loaded.clear()  # one model in memory at a time
-                loaded[mode] = load_artifact(built.path, mode)[:2]
+                loaded[mode] = distributed.load_artifact(dist, built.path, mode)
             model, tokenizer = loaded[mode]
             ctx = SuiteContext(model=model, tokenizer=tokenizer, artifact=built.path, exec_mode=mode,
                                reference=reference, reference_path=None, limit=opts.limit, seed=opts.seed,
                                options=options, cache_dir=cache_root() / "suite-cache" / slug,
-                               progress=opts.progress)
+                               progress=opts.progress and dist.writer)
             if getattr(suite, "needs_reference", False):
                 ctx.reference_path = reference.path()
             log(f"[{recipe_name} / {suite.name}] exec={mode}")
             if mode == "native" and not on_gpu() and is_quantized(model):
                 log("  note: MLX's CPU quantized matmul does not use BLAS (a few GFLOP/s): expect minutes per "
                     "4k-token prefill, and CPU speeds that say nothing about Metal")
-            with run_lock(result_dir(opts.out, slug, recipe_name) / f"{suite.name}.items.jsonl"):  # one writer
+            # one writer per results file; in an items-split run rank 0 is that writer
+            writes = dist.writer or dist.distribute == "jobs"
+            lock = run_lock(result_dir(opts.out, slug, recipe_name) / f"{suite.name}.items.jsonl") if writes \
+                else contextlib.nullcontext()
+            with lock:
                 result = run_suite(suite, ctx, built, opts, recipe_name, slug)
-            written.append(result)
+            if result is not None:  # None: a rank other than 0 (rank 0 writes)
+                written.append(result)
+    written = distributed.collect_jobs(dist, written, opts.out)
+    if dist.distribute == "jobs" and dist.writer:  # the float job may have finished after the others
+        for result in written:
+            _refresh_paired(result, opts, slug)
     return written
+
+
+def _refresh_paired(result: dict, opts: RunOptions, slug: str) -> None:
+    path = result_dir(opts.out, slug, result["recipe"]) / f"{result['suite']}.json"
+    paired = _paired_vs_float(read_items(path), opts, slug, result["suite"], result["recipe"])
+    if paired and paired != result.get("paired"):
+        result["paired"] = paired
+        write_result(path, result)
 
 
 def run_suite(suite, ctx: SuiteContext, built, opts: RunOptions, recipe_name: str, slug: str) -> dict:
@@ -139,22 +180,31 @@ def run_suite(suite, ctx: SuiteContext, built, opts: RunOptions, recipe_name: st
         [prov.get("artifact_key"), suite.name, version, ctx.exec_mode, opts.seed, options],
         sort_keys=True, default=str).encode())[:16]
     items_path = out_dir / f"{suite.name}.items.jsonl"
-    if opts.fresh and items_path.exists():
-        items_path.unlink()
-    log_ = ItemLog(items_path, run_key)
     items = suite.items(ctx)
     ids = [it["id"] for it in items]
     if len(set(ids)) != len(ids):
         raise HarnessError(f"suite {suite.name} produced duplicate item ids; report this bug")
-    pending = [it for it in items if it["id"] not in log_.records]
-    if len(pending) < len(items):
-        print(f"  resuming: {len(items) - len(pending)} of {len(items)} items already done", file=sys.stderr)
     t0 = time.time()
-    if pending:
-        for record in suite.run(ctx, pending):
-            log_.append(record)
-    wanted = set(ids)
-    records = [r for i, r in log_.records.items() if i in wanted]
+    dist = distributed.session()
+    if dist.active and dist.distribute == "items":  # items split over ranks, or a sharded model
+        log_ = distributed.evaluate(dist, suite, ctx, items, items_path, run_key, opts.fresh)
+        if not dist.writer:
+            return None
+    else:
+        if opts.fresh and items_path.exists():
+            items_path.unlink()
+        log_ = ItemLog(items_path, run_key)
+        merged = distributed.merge_parts(log_, set(ids), discard=opts.fresh)  # ranks of a stopped run
+        pending = [it for it in items if it["id"] not in log_.records]
+        if len(pending) < len(items):
+            print(f"  resuming: {len(items) - len(pending)} of {len(items)} items already done", file=sys.stderr)
+        if pending:
+            for record in suite.run(ctx, pending):
+                log_.append(record)
+        for path in merged:
+            path.unlink(missing_ok=True)
+    # item order, whoever produced which record first (one process, several ranks, resumes)
+    records = distributed.in_item_order(log_, ids)
     summary = suite.summarize(ctx, records)
     data_info = suite.data_info(ctx) if hasattr(suite, "data_info") else {}
     specs = suite.metric_specs(ctx) if hasattr(suite, "metric_specs") else getattr(suite, "metrics", ())
@@ -188,6 +238,8 @@ def run_suite(suite, ctx: SuiteContext, built, opts: RunOptions, recipe_name: st
                                  seconds=round(time.time() - t0, 2)),
         "items_file": items_path.name,
     }
+    if dist.active:
+        result["provenance"]["distributed"] = dist.describe(suite.name)
     paired = _paired_vs_float(records, opts, slug, suite.name, recipe_name)
     if paired:
         result["paired"] = paired
@@ -232,7 +284,11 @@ def summary_rows(results: list) -> list:
 
 
 def run_cli(opts: RunOptions) -> int:
+    if opts.launch:  # the local shortcut: this command as N ranks through mlx.launch
+        return distributed.launch(opts.launch, opts.argv)
     results = run(opts, log=lambda m: print(m, file=sys.stderr))
+    if not distributed.session().writer:
+        return 0  # rank 0 prints and writes
     print(tabulate(summary_rows(results), headers=["recipe", "suite", "exec", "items", "bpw", "metrics"],
                    tablefmt="simple"))
     for r in results:
@@ -240,6 +296,7 @@ def run_cli(opts: RunOptions) -> int:
         if text:
             print(f"\n{r['recipe']} / {r['suite']}:\n{text}")
     print(f"\nresults written to {opts.out}/{model_slug(opts.model)}/")
+    distributed.report_done(distributed.session())
     return 0
 
 

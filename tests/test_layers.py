@@ -25,7 +25,7 @@ LAYERS = {
     "harness.suites": 8,
     "harness.suites_registry": 9, "harness.score": 9,
     "harness.results": 10,
-    "harness.run": 11,
+    "harness.run": 11, "harness.distributed": 11,
     "harness.report": 12,
     "harness.cli": 13, "harness.__main__": 13, "harness": 13,  # the public API (package __init__)
 }
