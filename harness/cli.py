@@ -29,7 +29,7 @@ def _add_recipe_args(p, multiple=False):
         p.add_argument("--recipe", action="append", required=True,
                        help="recipe name, tier file (.toml/.yaml) or file.py:Name; repeat for several")
     p.add_argument("--model", default="smollm2-135m",
-                   help="smollm2-135m (default), smollm2-moe, synthetic:ARCH, a .gguf, a local dir or a hub id")
+                   help="smollm2-135m (default), smollm2-moe, synthetic:ARCH (tiny: llama, minimax, qwen3_moe), synthetic:minimax-m2.5[@SEED][:layers=N,experts=N,top_k=N] (real per-layer shapes; also qwen3-moe-30b), a .gguf, a local dir or a hub id")
     p.add_argument("--group-size", type=int, help="quantization group size (default per mode: 64/32/16)")
     p.add_argument("--mode", choices=["affine", "mxfp4", "nvfp4", "mxfp8"], help="quantization mode")
     p.add_argument("--target-bpw", type=float, help="bits-per-weight target (dynamic; for oQ it overrides the level's target, the cap stays)")
