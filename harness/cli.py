@@ -74,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="suite option, e.g. --opt shots=5 --opt max_tokens=256")
     p.add_argument("--judge", help="OpenAI-compatible endpoint used as an extra grader (reasoning)")
     p.add_argument("--fresh", action="store_true", help="discard stored items and start over")
+    p.add_argument("--memory-budget", type=float, metavar="GB",
+                   help="memory for model weights (default 0.6 x RAM); a model that does not fit runs "
+                        "layer-streamed where the suite supports it (fidelity: reference and model)")
 
     p = sub.add_parser("report", help="comparison tables and plots from stored results")
     p.add_argument("--results", default="results")

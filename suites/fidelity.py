@@ -46,6 +46,12 @@ this off; outputs agree to ~1e-6). Per-token statistics are computed in numpy
 on one window's logits at a time, in place, with a single log-softmax, in a
 worker thread that overlaps the next window's forward.
 
+Memory: when the float reference does not fit the run's memory budget
+(`harness run --memory-budget GB`, default 0.6 x RAM) its logits are computed
+layer-streamed (harness/runtime/streamed.py: one decoder block resident), with the
+same numbers as the resident path; so is the model under test when the runner
+did not load it (ctx.model is None). data_info records where each ran.
+
 Options (--opt key=value): corpus (boolq|wikitext|PATH), seq_len (512),
 num_windows (64; --limit caps it), windowing (concat|mlx_lm), window_seed (123),
 min_logp (-12), batch_size (1), kernels (auto|mlx|numpy).
@@ -57,7 +63,7 @@ import math
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterator, Optional
@@ -66,11 +72,15 @@ import mlx.core as mx
 import numpy as np
 from tqdm import tqdm
 
-from harness.runtime.blas import openblas_loaded
 from harness.cache import atomic_file
 from harness.data.corpus import WINDOWINGS, CorpusSpec, Windows, load_windows, windows_sha256
 from harness.errors import HarnessError
+from harness.options import option, option_names
+from harness.options import parse_options as _parse_options
+from harness.runtime.blas import openblas_loaded
+from harness.runtime.streamed import StreamedModel, choose_placement
 from harness.stats import wilson_ci
+from harness.suite import MetricSpec, Suite
 
 CACHE_FORMAT = 2
 ENTRY_KEYS = ("ids", "logp", "row_ptr", "log_tail", "nll", "top1")
@@ -88,40 +98,31 @@ SUM_KEYS = ("sum_nll", "sum_nll2", "sum_nll_ref", "sum_nll_ref2", "sum_nll_nll_r
 
 @dataclass(frozen=True)
 class FidelityOptions:
-    corpus: str = "boolq"
-    seq_len: int = 512
-    num_windows: int = 64  # -1: every full window of the corpus
-    windowing: str = "concat"
-    window_seed: int = 123
-    min_logp: float = -12.0  # reference entries kept per position: log p >= this
-    batch_size: int = 1
-    kernels: str = "auto"  # auto: numpy softmax/SwiGLU on CPU, MLX on GPU
+    corpus: str = option("boolq", help="boolq, wikitext or a local text file")
+    seq_len: int = option(512, min=2, help="tokens per window")
+    num_windows: int = option(64, min=-1, help="windows to score (-1: every full window; --limit caps it)")
+    windowing: str = option("concat", choices=WINDOWINGS, help="how the corpus is cut into windows")
+    window_seed: int = option(123, help="seed of the window order")
+    min_logp: float = option(-12.0, help="reference entries kept per position: log p >= this (negative)")
+    batch_size: int = option(1, min=1, help="windows per forward pass")
+    kernels: str = option("auto", choices=("auto", "mlx", "numpy"),
+                          help="auto: numpy softmax/SwiGLU on CPU, MLX on GPU")
+
+    def validate(self):
+        if not self.min_logp < 0:
+            raise HarnessError(f"fidelity option min_logp={self.min_logp} must be negative (e.g. -12)")
+        if self.num_windows == 0:
+            raise HarnessError("fidelity option num_windows=0 scores nothing; use a positive number or -1 (all)")
 
 
-def parse_options(options: Optional[dict]) -> FidelityOptions:
-    """FidelityOptions from --opt pairs; keys other suites use are ignored (options are shared)."""
-    known = {f.name: f for f in fields(FidelityOptions)}
-    values = {}
-    for key, value in (options or {}).items():
-        if key not in known:
-            continue
-        kind = known[key].type
-        if kind in (int, "int", float, "float"):
-            try:
-                value = (int if kind in (int, "int") else float)(value)
-            except (TypeError, ValueError):
-                raise HarnessError(f"--opt {key}={value!r} must be a number")
-        else:
-            value = str(value)
-        values[key] = value
-    opts = FidelityOptions(**values)
-    if opts.windowing not in WINDOWINGS:
-        raise HarnessError(f"--opt windowing={opts.windowing!r}: use one of {', '.join(WINDOWINGS)}")
-    if opts.kernels not in ("auto", "mlx", "numpy"):
-        raise HarnessError(f"--opt kernels={opts.kernels!r}: use auto, mlx or numpy")
-    if opts.batch_size < 1 or not opts.min_logp < 0:
-        raise HarnessError("--opt batch_size must be a positive integer and min_logp negative (e.g. -12)")
-    return opts
+def parse_options(options) -> FidelityOptions:
+    """FidelityOptions from --opt pairs (the one option rule, harness.options); keys other
+    suites of the run declare are ignored here (the runner routes them)."""
+    if isinstance(options, FidelityOptions):
+        return options
+    names = set(option_names(FidelityOptions))
+    mine = {k: v for k, v in (options or {}).items() if k in names}
+    return _parse_options(FidelityOptions, mine, "fidelity")
 
 
 def corpus_spec(opts: FidelityOptions, limit: Optional[int] = None) -> CorpusSpec:
@@ -554,12 +555,35 @@ class ReferenceCache:
             np.savez(f, **entry)
 
 
-class FidelitySuite:
+def _info(name: str, description: str) -> MetricSpec:
+    return MetricSpec(name, None, kind="info", description=description)
+
+
+class FidelitySuite(Suite):
     name = "fidelity"
     description = "perplexity, KL divergence, top-1 agreement and RMS Δp vs the float reference (llama.cpp layout)"
     version = "1"
     needs_reference = True
     exec_mode = None
+    streamable = True  # runs models larger than --memory-budget layer by layer (ctx.model None: stream it)
+    Options = FidelityOptions
+    metrics = (
+        MetricSpec("ppl", False, kind="ppl", max_drop=0.05, relative=True, item_key="ppl",
+                   description="perplexity of the model on the windows"),
+        MetricSpec("kld_mean", False, kind="mean", max_drop=0.02, item_key="kld_mean",
+                   description="mean KL(P_ref || P_model) per token (tail lumped: a lower bound)"),
+        MetricSpec("top1_agreement", True, kind="proportion", max_drop=0.02, item_key="top1_agreement",
+                   description="share of tokens whose argmax equals the reference's (llama.cpp 'Same top p')"),
+        _info("ref_ppl", "perplexity of the float reference on the same tokens"),
+        _info("delta_ppl", "ppl - ref_ppl"),
+        _info("ppl_ratio", "ppl / ref_ppl"),
+        _info("kld_p99", "99th percentile of per-token KL"),
+        _info("kld_median", "median per-token KL"),
+        _info("kld_max", "largest per-token KL"),
+        _info("rms_dp", "RMS of p_model(target) - p_ref(target)"),
+        _info("n", "scored tokens"),
+        _info("n_windows", "scored windows"),
+    )
 
     def __init__(self):
         self._windows: dict = {}
@@ -581,9 +605,35 @@ class FidelitySuite:
 
     def data_info(self, ctx) -> dict:
         opts, w = self.windows(ctx)
-        return {"source": w.source, "sha256": w.sha256, "texts_sha256": w.texts_sha256,
+        info = {"source": w.source, "sha256": w.sha256, "texts_sha256": w.texts_sha256,
                 "seq_len": opts.seq_len, "num_windows": int(len(w.tokens)), "windowing": opts.windowing,
                 "min_logp": opts.min_logp, "texts_used": w.texts_used, "kernels": kernels_kind(opts)}
+        # Where each forward ran (resident or layer-streamed) under the memory budget.
+        if ctx.reference_path is not None and not ctx.is_reference:
+            info["reference_placement"] = self.reference_placement(ctx).to_json()
+        if ctx.artifact is not None and Path(ctx.artifact).is_dir():
+            info["model_placement"] = ("streamed" if ctx.model is None else "resident")
+        return info
+
+    # -- memory
+
+    @staticmethod
+    def reference_placement(ctx):
+        """Resident or streamed for the float reference, under ctx's memory budget."""
+        return choose_placement(ctx.reference_path, getattr(ctx, "memory_budget_gb", None), "native",
+                                on_gpu=mx.default_device() == mx.gpu)
+
+    @staticmethod
+    def forward(model, path, exec_mode, tokens: np.ndarray, batches: list, progress: bool, desc: str):
+        """(row, fp32 logits (T, V)) for the windows in `batches`: resident when `model` is
+        loaded, else layer-streamed from `path` (one decoder block in memory at a time)."""
+        if model is None:
+            yield from StreamedModel(path, exec_mode).logits(tokens[:, :-1], batches, progress=progress,
+                                                             desc=desc)
+            return
+        for batch in batches:
+            for b, logits in window_logits(model, tokens[batch]):
+                yield batch[b], logits
 
     # -- reference
 
@@ -617,19 +667,19 @@ class FidelitySuite:
         entries = {i: cache.get(names[i]) for i in wanted}
         missing = [i for i in wanted if entries[i] is None]
         if missing:
-            ref_model = ctx.reference()[0]
+            streamed = self.reference_placement(ctx).mode == "streamed"
+            ref_model = None if streamed else ctx.reference()[0]
             bar = tqdm(total=len(missing), desc="fidelity: reference logits", unit="win",
                        disable=not ctx.progress)
+            batches = fixed_batches(len(w.tokens), opts.batch_size, missing)
             with cpu_kernels(kernels_kind(opts)):
-                for batch in fixed_batches(len(w.tokens), opts.batch_size, missing):
-                    toks = w.tokens[batch]
-                    for b, logits in window_logits(ref_model, toks):
-                        i = batch[b]
-                        if entries.get(i, True) is not None:
-                            continue  # not wanted, or already cached
-                        entries[i] = reference_entries(logits, toks[b, 1:], opts.min_logp)
-                        cache.put(names[i], entries[i])
-                        bar.update(1)
+                for i, logits in self.forward(ref_model, ctx.reference_path, "native", w.tokens, batches,
+                                              ctx.progress, "fidelity: reference, streamed"):
+                    if entries.get(i, True) is not None:
+                        continue  # not wanted, or already cached
+                    entries[i] = reference_entries(logits, w.tokens[i, 1:], opts.min_logp)
+                    cache.put(names[i], entries[i])
+                    bar.update(1)
             bar.close()
         return entries
 
@@ -659,15 +709,14 @@ class FidelitySuite:
                 bar.update(1)
                 yield record
 
+        batches = fixed_batches(len(w.tokens), opts.batch_size, wanted)
         with cpu_kernels(kernels_kind(opts)), ThreadPoolExecutor(max_workers=1) as pool:
-            for batch in fixed_batches(len(w.tokens), opts.batch_size, wanted):
-                toks = w.tokens[batch]
-                for b, logits in window_logits(ctx.model, toks):
-                    i = batch[b]
-                    if i not in refs:
-                        continue  # a batch-mate of a wanted window
-                    pending.append((i, pool.submit(score_window, i, logits, toks[b, 1:], refs[i], opts.min_logp)))
-                    yield from finished(block=len(pending) > 1)
+            for i, logits in self.forward(ctx.model, ctx.artifact, ctx.exec_mode, w.tokens, batches,
+                                          ctx.progress, "fidelity: model, streamed"):
+                if i not in refs:
+                    continue  # a batch-mate of a wanted window
+                pending.append((i, pool.submit(score_window, i, logits, w.tokens[i, 1:], refs[i], opts.min_logp)))
+                yield from finished(block=len(pending) > 1)
             yield from finished(block=True)
         bar.close()
 
