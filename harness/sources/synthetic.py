@@ -280,12 +280,12 @@ SCALE_CONFIGS = {
     },
 }
 SCALE_ARCHS = tuple(SCALE_CONFIGS)
-SIZE_KEYS = ("layers", "experts", "top_k")
+SIZE_KEYS = ("layers", "experts", "top_k", "vocab")  # vocab: only to make tests fast
 SHARD_BYTES = 2 << 30  # mlx-lm writes 5 GB shards; smaller ones keep one shard cheap to hold
 _CHUNK_ELEMS = 1 << 24  # rows generated at a time (~64 MB of fp32)
 
 
-def scale_config(arch: str, layers=None, experts=None, top_k=None) -> dict:
+def scale_config(arch: str, layers=None, experts=None, top_k=None, vocab=None) -> dict:
     """The config.json of a scale model: real shapes, chosen depth and expert count."""
     if arch not in SCALE_CONFIGS:
         raise HarnessError(f"unknown synthetic architecture {arch!r}; use one of: "
@@ -298,6 +298,10 @@ def scale_config(arch: str, layers=None, experts=None, top_k=None) -> dict:
         config[n_key] = int(experts)
     if top_k is not None:
         config["num_experts_per_tok"] = int(top_k)
+    if vocab is not None:
+        if int(vocab) < VOCAB_SIZE:
+            raise HarnessError(f"synthetic:{arch}: vocab must be at least {VOCAB_SIZE} (the tokenizer's merges)")
+        config["vocab_size"] = int(vocab)
     config["num_experts_per_tok"] = min(config["num_experts_per_tok"], config[n_key])
     if config["num_hidden_layers"] < 1 or config[n_key] < 1 or config["num_experts_per_tok"] < 1:
         raise HarnessError(f"synthetic:{arch}: layers, experts and top_k must be positive integers")
@@ -389,12 +393,12 @@ def _scale_tokenizer_json(vocab_size: int) -> str:
     return json.dumps(tok, ensure_ascii=False)
 
 
-def write_scaled(arch: str, out_dir: Path, seed: int = 0, layers=None, experts=None, top_k=None,
+def write_scaled(arch: str, out_dir: Path, seed: int = 0, layers=None, experts=None, top_k=None, vocab=None,
                  progress: bool = False) -> Path:
     """Write a scale model (see SCALE_CONFIGS) as bf16 shards at out_dir, atomically."""
     from tqdm import tqdm
 
-    config = scale_config(arch, layers, experts, top_k)
+    config = scale_config(arch, layers, experts, top_k, vocab)
     keep_f32 = config["model_type"] == "minimax"  # mlx-lm keeps the routing bias in fp32
     entries = [(n, s, "F32" if keep_f32 and n.endswith("e_score_correction_bias") else "BF16")
                for n, s in _shapes(config)]
@@ -421,7 +425,7 @@ def write_scaled(arch: str, out_dir: Path, seed: int = 0, layers=None, experts=N
 
 
 def parse_spec(spec: str):
-    """'synthetic:ARCH[@SEED][:layers=N,experts=N,top_k=N]' -> (arch, seed, sizes)."""
+    """'synthetic:ARCH[@SEED][:layers=N,experts=N,top_k=N,vocab=N]' -> (arch, seed, sizes)."""
     import re
 
     usage = (f"use synthetic:ARCH[@SEED] with ARCH one of {', '.join(SYNTHETIC_ARCHS)}, or "
@@ -434,7 +438,7 @@ def parse_spec(spec: str):
         key, _, value = pair.partition("=")
         if key not in SIZE_KEYS or not value.isdigit() or int(value) < 1:
             raise HarnessError(f"synthetic size {pair!r} in {spec!r} is invalid; use layers=N, experts=N, "
-                               "top_k=N with N a positive integer")
+                               "top_k=N (vocab=N for tests) with N a positive integer")
         sizes[key] = int(value)
     if sizes and arch in SYNTHETIC_ARCHS:
         raise HarnessError(f"synthetic:{arch} is the tiny test model and takes no sizes; {usage}")
