@@ -62,9 +62,7 @@ import json
 import math
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -78,6 +76,7 @@ from harness.errors import HarnessError
 from harness.options import option, option_names
 from harness.options import parse_options as _parse_options
 from harness.runtime.blas import openblas_loaded
+from harness.runtime.kernels import cpu_kernels, resolve_kind  # noqa: F401 (cpu_kernels: re-exported)
 from harness.runtime.streamed import StreamedModel, choose_placement
 from harness.stats import wilson_ci
 from harness.suite import MetricSpec, Suite
@@ -134,116 +133,11 @@ def corpus_spec(opts: FidelityOptions, limit: Optional[int] = None) -> CorpusSpe
 
 
 # ---------------------------------------------------------------- fast CPU kernels
-
-
-ATTENTION_BLOCK = 128  # query rows per block: causal blocks skip the keys they cannot see
-
-
-@lru_cache(maxsize=8)
-def _future(n: int) -> tuple:
-    return np.triu_indices(n, 1)
-
-
-def _softmax_rows(s: np.ndarray) -> np.ndarray:
-    """In-place softmax over the last axis (rows hold -inf where masked)."""
-    s -= s.max(axis=-1, keepdims=True)
-    # Probabilities below ~1e-38 are subnormal in fp32 and subnormals make the next
-    # GEMM crawl; weights under exp(-70) ~ 4e-31 vanish in any sum anyway: use 0.
-    np.copyto(s, -np.inf, where=s < -70.0)
-    np.exp(s, out=s)
-    s /= s.sum(axis=-1, keepdims=True)
-    return s
-
-
-def _numpy_sdpa(native):
-    """mx.fast.scaled_dot_product_attention with the softmax done in numpy.
-
-    Both matmuls stay in MLX (BLAS). Causal attention is computed in blocks of
-    query rows that only see the keys up to their last position (~40 % less work
-    at 512 tokens). Only the multi-token causal/unmasked case without sinks is
-    handled here (every forward of this suite); anything else goes to `native`.
-    """
-
-    def sdpa(q, k, v, scale, mask=None, sinks=None, **kwargs):
-        if (sinks is not None or kwargs or q.shape[2] == 1 or q.dtype != mx.float32
-                or not (mask is None or (isinstance(mask, str) and mask == "causal"))):
-            return native(q, k, v, scale=scale, mask=mask, sinks=sinks, **kwargs)
-        B, H, L, D = q.shape
-        KV, S = k.shape[1], k.shape[2]
-        r = H // KV  # grouped-query attention: r query heads share a kv head
-        offset = S - L  # keys before the first query (a KV cache prefix)
-        qs = (q * scale).reshape(B, KV, r, L, D)
-        v = mx.contiguous(v)
-        outs = []
-        for a in range(0, L, ATTENTION_BLOCK):
-            b = min(a + ATTENTION_BLOCK, L)
-            end = offset + b if mask == "causal" else S  # keys visible to this block
-            scores = qs[:, :, :, a:b].reshape(B, KV, r * (b - a), D) @ k[:, :, :end].swapaxes(-1, -2)
-            s = np.array(scores, dtype=np.float32).reshape(B, KV, r, b - a, end)
-            if mask == "causal":
-                rows, cols = _future(b - a)  # the block's own keys: mask the future ones
-                s[..., rows, offset + a + cols] = -np.inf
-            p = mx.array(_softmax_rows(s)).reshape(B, KV, r * (b - a), end)
-            outs.append((p @ v[:, :, :end]).reshape(B, KV, r, b - a, -1))
-        return mx.concatenate(outs, axis=3).reshape(B, H, L, -1)
-
-    return sdpa
-
-
-def _numpy_swiglu(native):
-    """mlx-lm's swiglu (silu(gate) * x) with the sigmoid's exp done in numpy."""
-
-    def swiglu(gate, x):
-        if gate.dtype != mx.float32 or gate.size < 4096:
-            return native(gate, x)
-        a = np.array(gate, dtype=np.float32)
-        e = np.negative(a)
-        np.exp(e, out=e)
-        e += 1.0
-        np.divide(a, e, out=a)
-        a *= np.asarray(x, dtype=np.float32)
-        return mx.array(a)
-
-    return swiglu
+# Attention softmax and SwiGLU in numpy on CPU: harness/runtime/kernels.py (scoped).
 
 
 def kernels_kind(opts: "FidelityOptions") -> str:
-    if opts.kernels == "auto":
-        return "mlx" if mx.default_device() == mx.gpu else "numpy"
-    return opts.kernels
-
-
-@contextmanager
-def cpu_kernels(kind: str):
-    """Within the block, mlx-lm models run attention softmax and SwiGLU in numpy
-    (kind="numpy"); kind="mlx" changes nothing.
-
-    Why: MLX's CPU exp is scalar, ~20x slower than numpy's SIMD exp, and the
-    attention softmax and SiLU are most of a CPU forward pass once matmuls run on
-    OpenBLAS. Outputs agree with MLX's kernels to ~1e-6. Patched: the
-    mx.fast.scaled_dot_product_attention attribute (mlx-lm looks it up per call)
-    and the `swiglu` name in every loaded mlx_lm.models module; restored on exit.
-    """
-    if kind != "numpy":
-        yield
-        return
-    import sys
-
-    from mlx_lm.models import activations
-
-    native_sdpa, native_swiglu = mx.fast.scaled_dot_product_attention, activations.swiglu
-    fast_swiglu = _numpy_swiglu(native_swiglu)
-    patched = [m for name, m in list(sys.modules.items())
-               if name.startswith("mlx_lm.models.") and getattr(m, "swiglu", None) is native_swiglu]
-    mx.fast.scaled_dot_product_attention = _numpy_sdpa(native_sdpa)
-    for m in patched:
-        m.swiglu = fast_swiglu
-    try:
-        yield
-    finally:
-        mx.fast.scaled_dot_product_attention = native_sdpa
-        for m in patched:
-            m.swiglu = native_swiglu
+    return resolve_kind(opts.kernels)
 
 
 # ---------------------------------------------------------------- per-token math
@@ -722,6 +616,10 @@ class FidelitySuite(Suite):
 
     def summarize(self, ctx, records: list) -> dict:
         return summarize_records(records)
+
+    def render(self, summary: dict) -> str:
+        """llama.cpp's --kl-divergence layout, rendered from the stored summary."""
+        return format_llama_cpp(summary) if "kld_p999" in summary else ""
 
 
 def _reference_fingerprint(path) -> Optional[str]:
