@@ -38,9 +38,9 @@ HARNESS = [PY, "-m", "harness"]
 # Runs argv, polls the process group's RSS (kills it above a limit), prints a JSON line.
 WRAPPER = r"""
 import json, os, resource, signal, subprocess, sys, time
-limit = float(sys.argv[1]) * 2**30
-p = subprocess.Popen(sys.argv[2:], start_new_session=True)
-killed, t0 = False, time.time()
+limit, timeout = float(sys.argv[1]) * 2**30, float(sys.argv[2])
+p = subprocess.Popen(sys.argv[3:], start_new_session=True)
+killed, timed_out, t0 = False, False, time.time()
 def tree_rss(root):
     total, todo = 0, [root]
     while todo:
@@ -56,30 +56,30 @@ def tree_rss(root):
             pass
     return total
 while p.poll() is None:
-    if tree_rss(p.pid) > limit:
+    if tree_rss(p.pid) > limit or time.time() - t0 > timeout:
+        killed, timed_out = tree_rss(p.pid) > limit, time.time() - t0 > timeout
         os.killpg(p.pid, signal.SIGKILL)
-        killed = True
         p.wait()
         break
     time.sleep(0.2)
 ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-print(json.dumps({"rc": p.returncode, "killed": killed, "seconds": time.time() - t0,
+print(json.dumps({"rc": p.returncode, "killed": killed, "timed_out": timed_out, "seconds": time.time() - t0,
                   "maxrss_bytes": ru.ru_maxrss * 1024}), file=sys.stderr)
 """
 
 
-def stage(name: str, argv: list, env: dict, kill_gb: float, log: Path) -> dict:
+def stage(name: str, argv: list, env: dict, kill_gb: float, log: Path, timeout: float = 1e9) -> dict:
     print(f"[{name}] {' '.join(argv[2:] if argv[:2] == [PY, '-m'] else argv)}", file=sys.stderr, flush=True)
     with open(log, "a") as fh:
         fh.write(f"\n===== {name}\n")
         fh.flush()
-        proc = subprocess.run([PY, "-c", WRAPPER, str(kill_gb), *argv], env=env, stdout=fh,
+        proc = subprocess.run([PY, "-c", WRAPPER, str(kill_gb), str(timeout), *argv], env=env, stdout=fh,
                               stderr=subprocess.PIPE, text=True, cwd=REPO)
     lines = [line for line in proc.stderr.splitlines() if line.startswith("{")]
     with open(log, "a") as fh:
         fh.write(proc.stderr)
-    out = json.loads(lines[-1]) if lines else {"rc": proc.returncode, "killed": False, "seconds": 0,
-                                                 "maxrss_bytes": 0}
+    out = json.loads(lines[-1]) if lines else {"rc": proc.returncode, "killed": False, "timed_out": False,
+                                                 "seconds": 0, "maxrss_bytes": 0}
     out["name"] = name
     print(f"[{name}] rc={out['rc']} killed={out['killed']} {out['seconds']:.0f}s "
           f"peak RSS {out['maxrss_bytes'] / 2**30:.2f} GB", file=sys.stderr, flush=True)
@@ -100,6 +100,7 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=8)
     ap.add_argument("--oq4", action="store_true", help="also plan oq4 (a calibration pass over the model)")
     ap.add_argument("--kill-gb", type=float, default=8.0, help="stop a stage whose RSS passes this")
+    ap.add_argument("--oq4-timeout", type=float, default=900, help="stop the oq4 plan after this many seconds")
     ap.add_argument("--workdir", help="where the private cache goes (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the generated model and artifacts")
     args = ap.parse_args()
@@ -123,7 +124,7 @@ def main() -> int:
         recipes = ["uniform4"] + (["oq4"] if args.oq4 else [])
         for recipe in recipes:
             rows.append(stage(f"plan {recipe}", [*HARNESS, "plan", "--model", spec, "--recipe", recipe],
-                              env, args.kill_gb, log))
+                              env, args.kill_gb, log, args.oq4_timeout if recipe == "oq4" else 1e9))
         rows.append(stage("build uniform4", [*HARNESS, "build", "--model", spec, "--recipe", "uniform4"],
                           env, args.kill_gb, log))
         rows.append(stage("build float (link)", [*HARNESS, "build", "--model", spec, "--recipe", "float"],
@@ -147,7 +148,8 @@ def main() -> int:
     for r in rows:
         rss = r["maxrss_bytes"] / gb
         ok = r["rc"] == 0 and rss <= 0.35 * size / gb and rss < 3
-        status = "killed (RSS limit)" if r["killed"] else ("yes" if ok else ("FAILED rc=%s" % r["rc"] if r["rc"] else "no"))
+        status = ("killed (RSS limit)" if r["killed"] else "stopped (time limit)" if r.get("timed_out") else
+                  "yes" if ok else "FAILED rc=%s" % r["rc"] if r["rc"] else "no")
         print(f"| {r['name']} | {rss:.2f} | {rss * gb / size:.3f} | {r['seconds']:.0f} | "
               f"{size / gb / max(r['seconds'], 1e-9):.3f} | {status} |")
     if summary:

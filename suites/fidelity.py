@@ -77,7 +77,7 @@ from harness.options import option, option_names
 from harness.options import parse_options as _parse_options
 from harness.runtime.blas import openblas_loaded
 from harness.runtime.kernels import cpu_kernels, resolve_kind  # noqa: F401 (cpu_kernels: re-exported)
-from harness.runtime.streamed import StreamedModel, choose_placement
+from harness.runtime.streamed import StreamedModel, choose_placement, default_budget_gb, resident_bytes
 from harness.stats import wilson_ci
 from harness.suite import MetricSpec, Suite
 
@@ -513,9 +513,15 @@ class FidelitySuite(Suite):
 
     @staticmethod
     def reference_placement(ctx):
-        """Resident or streamed for the float reference, under ctx's memory budget."""
-        return choose_placement(ctx.reference_path, getattr(ctx, "memory_budget_gb", None), "native",
-                                on_gpu=mx.default_device() == mx.gpu)
+        """Resident or streamed for the float reference, under ctx's memory budget less
+        what the model under test already holds (both are in memory at once)."""
+        gpu = mx.default_device() == mx.gpu
+        budget = getattr(ctx, "memory_budget_gb", None)
+        budget = default_budget_gb() if budget is None else float(budget)
+        if ctx.model is not None and ctx.artifact is not None and Path(ctx.artifact).is_dir():
+            held = resident_bytes(ctx.artifact, ctx.exec_mode, on_gpu=gpu) / 2**30
+            budget = max(budget - held, 0.0)
+        return choose_placement(ctx.reference_path, budget, "native", on_gpu=gpu)
 
     @staticmethod
     def forward(model, path, exec_mode, tokens: np.ndarray, batches: list, progress: bool, desc: str):

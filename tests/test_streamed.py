@@ -127,3 +127,16 @@ def test_fidelity_reference_streamed_equals_resident(tmp_path, monkeypatch):
 def test_fidelity_reference_streamed_equals_resident_smollm2(tmp_path):
     s = _compare_paths("smollm2-135m", tmp_path, {"seq_len": 256, "num_windows": 4})
     assert 15 < s["ref_ppl"] < 40
+
+
+def test_reference_budget_counts_the_resident_model(tiny):
+    from harness.suite import SuiteContext
+    from harness.suites.fidelity import FidelitySuite
+
+    d = tiny["llama"]
+    gb = resident_bytes(d) / 2**30
+    ctx = lambda model: SuiteContext(model=model, tokenizer=None, artifact=d, exec_mode="simulated",  # noqa: E731
+                                     reference=None, reference_path=d, memory_budget_gb=gb * 1.5)
+    assert FidelitySuite.reference_placement(ctx(None)).mode == "resident"  # model streamed: budget all free
+    placed = FidelitySuite.reference_placement(ctx(object()))  # model resident: half the budget is taken
+    assert placed.mode == "streamed" and placed.budget_gb == pytest.approx(gb * 0.5)
