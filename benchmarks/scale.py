@@ -1,7 +1,7 @@
 """Memory at scale: plan, build and fidelity on a MiniMax-shaped model larger than the budget.
 
     python benchmarks/scale.py [--layers 8] [--experts 16] [--top-k 8] [--budget 2]
-                               [--seq-len 128] [--limit 8] [--oq4] [--keep] [--workdir DIR]
+                               [--seq-len 16] [--limit 8] [--oq4] [--keep] [--workdir DIR]
 
 Generates `synthetic:minimax-m2.5@0:layers=L,experts=E` (MiniMax-M2.5's real per-layer
 shapes: hidden 3072, 48/8 heads, expert FFN 1536, vocab 200,064; bf16 shards, >= 6 GB
@@ -96,7 +96,8 @@ def main() -> int:
     ap.add_argument("--experts", type=int, default=16)
     ap.add_argument("--top-k", type=int, default=8)
     ap.add_argument("--budget", type=float, default=2.0, help="--memory-budget for the fidelity run (GB)")
-    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--seq-len", type=int, default=16,
+                    help="tokens per window (MLX CPU MoE runs one GEMV per token and expert: keep it small)")
     ap.add_argument("--limit", type=int, default=8)
     ap.add_argument("--oq4", action="store_true", help="also plan oq4 (a calibration pass over the model)")
     ap.add_argument("--kill-gb", type=float, default=8.0, help="stop a stage whose RSS passes this")
