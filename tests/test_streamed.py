@@ -126,7 +126,7 @@ def test_fidelity_reference_streamed_equals_resident(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_fidelity_reference_streamed_equals_resident_smollm2(tmp_path):
     s = _compare_paths("smollm2-135m", tmp_path, {"seq_len": 128, "num_windows": 4})
-    assert 15 < s["ref_ppl"] < 40
+    assert 15 < s["ref_ppl"] < 80  # 128-token windows: less context than the ~20 at 512
 
 
 def test_reference_budget_counts_the_resident_model(tiny):
