@@ -164,30 +164,38 @@ def _complete(out: Path, key: str) -> bool:
 def _write_quantized(model, plan: Plan, src: Path, tmp: Path, progress: bool, dtype: str) -> None:
     import mlx.core as mx
     import mlx.nn as nn
-    from mlx.utils import tree_flatten
+    from mlx.utils import tree_flatten, tree_unflatten
     from mlx_lm.utils import get_total_parameters, load_config, make_shards, save_config
     from tqdm import tqdm
 
     if dtype not in DTYPE_BYTES:
         raise HarnessError(f"unknown dtype {dtype!r}; use bfloat16, float16 or float32")
     model.set_dtype(getattr(mx, dtype))  # before quantizing, so scales get this dtype too
+    # Everything below stays lazy until a tensor is written: nn.quantize builds
+    # mx.quantize nodes over the source's mmap-backed (lazy) arrays, make_shards and
+    # compute_bits_per_weight only read shapes (nbytes), and each tensor is evaluated,
+    # written and dropped on its own (_save_streaming), so peak memory is about the
+    # largest tensor (an expert stack: one block) whatever the model size.
     nn.quantize(model, class_predicate=plan.predicate())
     weights = dict(tree_flatten(model.parameters()))
     index = {"metadata": {"total_size": sum(v.nbytes for v in weights.values()),
                           "total_parameters": get_total_parameters(model)}, "weight_map": {}}
+    # The model must not keep the evaluated arrays alive: it would end up holding the
+    # whole quantized model. Point its parameters at empty arrays (the caller only
+    # reads the artifact back from disk).
+    model.update(tree_unflatten([(k, mx.zeros((0,), dtype=v.dtype)) for k, v in weights.items()]))
     shards = make_shards(weights)
     del weights
     name = "model-{:05d}-of-{:05d}.safetensors" if len(shards) > 1 else "model.safetensors"
-    for i, shard in enumerate(tqdm(shards, desc="quantize+write", unit="shard", disable=not progress,
-                                   file=sys.stderr)):
+    total = sum(v.nbytes for shard in shards for v in shard.values())
+    bar = tqdm(total=total, desc="quantize+write", unit="B", unit_scale=True, disable=not progress,
+               file=sys.stderr)
+    for i, shard in enumerate(shards):
         shard_name = name.format(i + 1, len(shards))
-        # evaluate tensor by tensor so peak memory stays near one shard
-        for k in tqdm(list(shard), desc=f"shard {i + 1}", unit="tensor", leave=False,
-                      disable=not progress or len(shards) == 1, file=sys.stderr):
-            mx.eval(shard[k])
-        mx.save_safetensors(str(tmp / shard_name), shard, metadata={"format": "mlx"})
         index["weight_map"].update({k: shard_name for k in shard})
         shards[i] = None
+        _save_streaming(tmp / shard_name, shard, bar)
+    bar.close()
     index["weight_map"] = dict(sorted(index["weight_map"].items()))
     (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=4))
     config = load_config(src)
@@ -195,6 +203,44 @@ def _write_quantized(model, plan: Plan, src: Path, tmp: Path, progress: bool, dt
     config["quantization"] = plan.quantization_config()
     config["torch_dtype"] = dtype
     save_config(config, tmp / "config.json")
+
+
+_ST_DTYPES = {"uint32": "U32", "uint8": "U8", "int32": "I32", "bfloat16": "BF16", "float16": "F16",
+              "float32": "F32", "uint16": "U16", "int8": "I8"}
+
+
+def _save_streaming(path: Path, shard: dict, bar=None) -> None:
+    """Write a safetensors file tensor by tensor: the header (every offset follows from
+    the shapes) first, then each tensor is evaluated, written and dropped, so at most
+    one tensor (and the source tensors it is computed from) is in memory. `shard` is
+    emptied as it goes. Same bytes as mx.save_safetensors, in name order."""
+    import mlx.core as mx
+    import numpy as np
+
+    header, offset = {"__metadata__": {"format": "mlx"}}, 0
+    names = sorted(shard)
+    for k in names:
+        v = shard[k]
+        dt = str(v.dtype).split(".")[-1]
+        if dt not in _ST_DTYPES:
+            raise HarnessError(f"cannot store tensor {k} of dtype {dt} in safetensors")
+        header[k] = {"dtype": _ST_DTYPES[dt], "shape": list(v.shape), "data_offsets": [offset, offset + v.nbytes]}
+        offset += v.nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(len(blob).to_bytes(8, "little"))
+        f.write(blob)
+        for k in names:
+            v = shard.pop(k)
+            mx.eval(v)
+            if v.dtype == mx.bfloat16:
+                v = v.view(mx.uint16)  # numpy has no bf16: write the raw bits
+            data = np.ascontiguousarray(np.asarray(v))  # a view of the array's buffer when contiguous
+            f.write(data.data if data.ndim else data.tobytes())
+            if bar is not None:
+                bar.update(v.nbytes)
+            del v, data
 
 
 def _link_float(src: Path, tmp: Path) -> None:

@@ -58,7 +58,7 @@ def _add_recipe_args(p, multiple=False):
                        help="recipe name, tier file (.toml/.yaml), file.py:Name, or an existing quant "
                        "(path/to/quant-dir or hub:org/name); repeat for several")
     p.add_argument("--model", default="smollm2-135m",
-                   help="smollm2-135m (default), smollm2-moe, synthetic:ARCH, a .gguf, a local dir or a hub id")
+                   help="smollm2-135m (default), smollm2-moe, synthetic:ARCH (tiny: llama, minimax, qwen3_moe), synthetic:minimax-m2.5[@SEED][:layers=N,experts=N,top_k=N] (real per-layer shapes; also qwen3-moe-30b), a .gguf, a local dir or a hub id")
     p.add_argument("--group-size", type=int, help="quantization group size (default per mode: 64/32/16)")
     p.add_argument("--mode", choices=["affine", "mxfp4", "nvfp4", "mxfp8"], help="quantization mode")
     p.add_argument("--target-bpw", type=float, help="bits-per-weight target (dynamic; for oQ it overrides the level's target, the cap stays)")
@@ -114,6 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--distribute", choices=["auto", "items", "jobs"], default="auto",
                    help="under mlx.launch/--launch: split each suite's items over the ranks, or hand whole "
                         "(recipe, suite) jobs to ranks (auto: jobs when their number is a multiple of the ranks)")
+    p.add_argument("--memory-budget", type=float, metavar="GB",
+                   help="memory for model weights (default 0.6 x RAM); a model that does not fit runs "
+                        "layer-streamed where the suite supports it (fidelity: reference and model)")
 
     p = sub.add_parser("report", help="comparison tables and plots from stored results")
     p.add_argument("--results", default="results")

@@ -36,6 +36,7 @@ class RunOptions:
     recipe_options: dict = field(default_factory=dict)
     progress: bool = True
     fresh: bool = False
+    memory_budget: Optional[float] = None  # GB for weights; None: 0.6 x RAM (harness.runtime.streamed)
     # several ranks (harness/distributed.py): --launch N, --shard tensor|pipeline, --distribute
     launch: Optional[int] = None
     shard: Optional[str] = None
@@ -51,9 +52,13 @@ class RunOptions:
             options["reasoning.judge"] = args.judge  # the flag is a shortcut for --opt reasoning.judge=URL
         if args.limit is not None and args.limit <= 0:
             raise HarnessError("--limit must be a positive number of items")
+        budget = getattr(args, "memory_budget", None)
+        if budget is not None and not budget > 0:
+            raise HarnessError("--memory-budget must be a positive number of GB (e.g. --memory-budget 64)")
         return cls(recipes=args.recipe, suites=args.suite, model=args.model, limit=args.limit, seed=args.seed,
                    exec_mode=args.exec_mode, out=Path(args.out), options=options,
                    recipe_options=recipe_options, progress=not args.no_progress, fresh=args.fresh,
+                   memory_budget=budget,
                    launch=getattr(args, "launch", None), shard=getattr(args, "shard", None),
                    distribute=getattr(args, "distribute", None) or "auto", argv=getattr(args, "argv", None))
 
@@ -134,14 +139,16 @@ def run(opts: RunOptions, log=print) -> list:
             if (recipe, suite.name) not in mine:
                 continue  # another rank's job
             mode = resolve_exec_mode(getattr(suite, "exec_mode", None) or opts.exec_mode)
-            if mode not in loaded:
+            placement = _placement(suite, built.path, mode, opts.memory_budget)
+            if (mode, placement) not in loaded:
                 loaded.clear()  # one model in memory at a time
-                loaded[mode] = distributed.load_artifact(dist, built.path, mode)
-            model, tokenizer = loaded[mode]
+                loaded[(mode, placement)] = (_streamed_handle(built.path) if placement == "streamed"
+                                             else distributed.load_artifact(dist, built.path, mode))
+            model, tokenizer = loaded[(mode, placement)]
             ctx = SuiteContext(model=model, tokenizer=tokenizer, artifact=built.path, exec_mode=mode,
                                reference=reference, reference_path=None, limit=opts.limit, seed=opts.seed,
                                options=options, cache_dir=cache_root() / "suite-cache" / slug,
-                               progress=opts.progress and dist.writer)
+                               progress=opts.progress and dist.writer, memory_budget_gb=opts.memory_budget)
             if getattr(suite, "needs_reference", False):
                 ctx.reference_path = reference.path()
             log(f"[{recipe_name} / {suite.name}] exec={mode}")
@@ -169,6 +176,22 @@ def _refresh_paired(result: dict, opts: RunOptions, slug: str) -> None:
     if paired and paired != result.get("paired"):
         result["paired"] = paired
         write_result(path, result)
+
+
+def _placement(suite, path: Path, mode: str, budget) -> str:
+    """resident, or streamed for a suite that can stream a model larger than the budget."""
+    if not getattr(suite, "streamable", False):
+        return "resident"
+    from harness.runtime.streamed import choose_placement
+
+    return choose_placement(path, budget, mode, on_gpu=on_gpu()).mode
+
+
+def _streamed_handle(path: Path):
+    """(None, tokenizer): the suite streams the model from ctx.artifact itself."""
+    from mlx_lm.utils import load_tokenizer
+
+    return None, load_tokenizer(Path(path))
 
 
 def run_suite(suite, ctx: SuiteContext, built, opts: RunOptions, recipe_name: str, slug: str) -> dict:
@@ -234,6 +257,8 @@ def run_suite(suite, ctx: SuiteContext, built, opts: RunOptions, recipe_name: st
             "modes": sorted({t.mode for t in built.plan.tensors if t.quantized}),
         },
         "provenance": provenance(kind="result", exec_mode=ctx.exec_mode, seed=opts.seed, limit=opts.limit,
+                                 memory_budget_gb=_budget_gb(opts.memory_budget),
+                                 placement="streamed" if ctx.model is None else "resident",
                                  options=options, suite_version=version, data=data_info,
                                  seconds=round(time.time() - t0, 2)),
         "items_file": items_path.name,
@@ -245,6 +270,12 @@ def run_suite(suite, ctx: SuiteContext, built, opts: RunOptions, recipe_name: st
         result["paired"] = paired
     write_result(out_dir / f"{suite.name}.json", result)
     return result
+
+
+def _budget_gb(budget) -> float:
+    from harness.runtime.streamed import default_budget_gb
+
+    return float(budget) if budget is not None else default_budget_gb()
 
 
 def _paired_vs_float(records, opts, slug, suite_name, recipe_name) -> Optional[dict]:

@@ -35,6 +35,7 @@ class SuiteContext:
 
     cache_dir: Optional[Path] = None  # per-model cache dir for suite data (e.g. reference logits)
     progress: bool = True  # show tqdm bars
+    memory_budget_gb: Optional[float] = None  # weights budget (None: 0.6 x RAM); streamable suites stream beyond it
 
     @property
     def is_reference(self) -> bool:

@@ -46,6 +46,12 @@ this off; outputs agree to ~1e-6). Per-token statistics are computed in numpy
 on one window's logits at a time, in place, with a single log-softmax, in a
 worker thread that overlaps the next window's forward.
 
+Memory: when the float reference does not fit the run's memory budget
+(`harness run --memory-budget GB`, default 0.6 x RAM) its logits are computed
+layer-streamed (harness/runtime/streamed.py: one decoder block resident), with the
+same numbers as the resident path; so is the model under test when the runner
+did not load it (ctx.model is None). data_info records where each ran.
+
 Options (--opt key=value): corpus (boolq|wikitext|PATH), seq_len (512),
 num_windows (64; --limit caps it), windowing (concat|mlx_lm), window_seed (123),
 min_logp (-12), batch_size (1), kernels (auto|mlx|numpy).
@@ -56,9 +62,7 @@ import json
 import math
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass, fields
-from functools import lru_cache
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -66,11 +70,16 @@ import mlx.core as mx
 import numpy as np
 from tqdm import tqdm
 
-from harness.runtime.blas import openblas_loaded
 from harness.cache import atomic_file
 from harness.data.corpus import WINDOWINGS, CorpusSpec, Windows, load_windows, windows_sha256
 from harness.errors import HarnessError
+from harness.options import option, option_names
+from harness.options import parse_options as _parse_options
+from harness.runtime.blas import openblas_loaded
+from harness.runtime.kernels import cpu_kernels, resolve_kind  # noqa: F401 (cpu_kernels: re-exported)
+from harness.runtime.streamed import StreamedModel, choose_placement, default_budget_gb, resident_bytes
 from harness.stats import wilson_ci
+from harness.suite import MetricSpec, Suite
 
 CACHE_FORMAT = 2
 ENTRY_KEYS = ("ids", "logp", "row_ptr", "log_tail", "nll", "top1")
@@ -88,40 +97,31 @@ SUM_KEYS = ("sum_nll", "sum_nll2", "sum_nll_ref", "sum_nll_ref2", "sum_nll_nll_r
 
 @dataclass(frozen=True)
 class FidelityOptions:
-    corpus: str = "boolq"
-    seq_len: int = 512
-    num_windows: int = 64  # -1: every full window of the corpus
-    windowing: str = "concat"
-    window_seed: int = 123
-    min_logp: float = -12.0  # reference entries kept per position: log p >= this
-    batch_size: int = 1
-    kernels: str = "auto"  # auto: numpy softmax/SwiGLU on CPU, MLX on GPU
+    corpus: str = option("boolq", help="boolq, wikitext or a local text file")
+    seq_len: int = option(512, min=2, help="tokens per window")
+    num_windows: int = option(64, min=-1, help="windows to score (-1: every full window; --limit caps it)")
+    windowing: str = option("concat", choices=WINDOWINGS, help="how the corpus is cut into windows")
+    window_seed: int = option(123, help="seed of the window order")
+    min_logp: float = option(-12.0, help="reference entries kept per position: log p >= this (negative)")
+    batch_size: int = option(1, min=1, help="windows per forward pass")
+    kernels: str = option("auto", choices=("auto", "mlx", "numpy"),
+                          help="auto: numpy softmax/SwiGLU on CPU, MLX on GPU")
+
+    def validate(self):
+        if not self.min_logp < 0:
+            raise HarnessError(f"fidelity option min_logp={self.min_logp} must be negative (e.g. -12)")
+        if self.num_windows == 0:
+            raise HarnessError("fidelity option num_windows=0 scores nothing; use a positive number or -1 (all)")
 
 
-def parse_options(options: Optional[dict]) -> FidelityOptions:
-    """FidelityOptions from --opt pairs; keys other suites use are ignored (options are shared)."""
-    known = {f.name: f for f in fields(FidelityOptions)}
-    values = {}
-    for key, value in (options or {}).items():
-        if key not in known:
-            continue
-        kind = known[key].type
-        if kind in (int, "int", float, "float"):
-            try:
-                value = (int if kind in (int, "int") else float)(value)
-            except (TypeError, ValueError):
-                raise HarnessError(f"--opt {key}={value!r} must be a number")
-        else:
-            value = str(value)
-        values[key] = value
-    opts = FidelityOptions(**values)
-    if opts.windowing not in WINDOWINGS:
-        raise HarnessError(f"--opt windowing={opts.windowing!r}: use one of {', '.join(WINDOWINGS)}")
-    if opts.kernels not in ("auto", "mlx", "numpy"):
-        raise HarnessError(f"--opt kernels={opts.kernels!r}: use auto, mlx or numpy")
-    if opts.batch_size < 1 or not opts.min_logp < 0:
-        raise HarnessError("--opt batch_size must be a positive integer and min_logp negative (e.g. -12)")
-    return opts
+def parse_options(options) -> FidelityOptions:
+    """FidelityOptions from --opt pairs (the one option rule, harness.options); keys other
+    suites of the run declare are ignored here (the runner routes them)."""
+    if isinstance(options, FidelityOptions):
+        return options
+    names = set(option_names(FidelityOptions))
+    mine = {k: v for k, v in (options or {}).items() if k in names}
+    return _parse_options(FidelityOptions, mine, "fidelity")
 
 
 def corpus_spec(opts: FidelityOptions, limit: Optional[int] = None) -> CorpusSpec:
@@ -133,116 +133,11 @@ def corpus_spec(opts: FidelityOptions, limit: Optional[int] = None) -> CorpusSpe
 
 
 # ---------------------------------------------------------------- fast CPU kernels
-
-
-ATTENTION_BLOCK = 128  # query rows per block: causal blocks skip the keys they cannot see
-
-
-@lru_cache(maxsize=8)
-def _future(n: int) -> tuple:
-    return np.triu_indices(n, 1)
-
-
-def _softmax_rows(s: np.ndarray) -> np.ndarray:
-    """In-place softmax over the last axis (rows hold -inf where masked)."""
-    s -= s.max(axis=-1, keepdims=True)
-    # Probabilities below ~1e-38 are subnormal in fp32 and subnormals make the next
-    # GEMM crawl; weights under exp(-70) ~ 4e-31 vanish in any sum anyway: use 0.
-    np.copyto(s, -np.inf, where=s < -70.0)
-    np.exp(s, out=s)
-    s /= s.sum(axis=-1, keepdims=True)
-    return s
-
-
-def _numpy_sdpa(native):
-    """mx.fast.scaled_dot_product_attention with the softmax done in numpy.
-
-    Both matmuls stay in MLX (BLAS). Causal attention is computed in blocks of
-    query rows that only see the keys up to their last position (~40 % less work
-    at 512 tokens). Only the multi-token causal/unmasked case without sinks is
-    handled here (every forward of this suite); anything else goes to `native`.
-    """
-
-    def sdpa(q, k, v, scale, mask=None, sinks=None, **kwargs):
-        if (sinks is not None or kwargs or q.shape[2] == 1 or q.dtype != mx.float32
-                or not (mask is None or (isinstance(mask, str) and mask == "causal"))):
-            return native(q, k, v, scale=scale, mask=mask, sinks=sinks, **kwargs)
-        B, H, L, D = q.shape
-        KV, S = k.shape[1], k.shape[2]
-        r = H // KV  # grouped-query attention: r query heads share a kv head
-        offset = S - L  # keys before the first query (a KV cache prefix)
-        qs = (q * scale).reshape(B, KV, r, L, D)
-        v = mx.contiguous(v)
-        outs = []
-        for a in range(0, L, ATTENTION_BLOCK):
-            b = min(a + ATTENTION_BLOCK, L)
-            end = offset + b if mask == "causal" else S  # keys visible to this block
-            scores = qs[:, :, :, a:b].reshape(B, KV, r * (b - a), D) @ k[:, :, :end].swapaxes(-1, -2)
-            s = np.array(scores, dtype=np.float32).reshape(B, KV, r, b - a, end)
-            if mask == "causal":
-                rows, cols = _future(b - a)  # the block's own keys: mask the future ones
-                s[..., rows, offset + a + cols] = -np.inf
-            p = mx.array(_softmax_rows(s)).reshape(B, KV, r * (b - a), end)
-            outs.append((p @ v[:, :, :end]).reshape(B, KV, r, b - a, -1))
-        return mx.concatenate(outs, axis=3).reshape(B, H, L, -1)
-
-    return sdpa
-
-
-def _numpy_swiglu(native):
-    """mlx-lm's swiglu (silu(gate) * x) with the sigmoid's exp done in numpy."""
-
-    def swiglu(gate, x):
-        if gate.dtype != mx.float32 or gate.size < 4096:
-            return native(gate, x)
-        a = np.array(gate, dtype=np.float32)
-        e = np.negative(a)
-        np.exp(e, out=e)
-        e += 1.0
-        np.divide(a, e, out=a)
-        a *= np.asarray(x, dtype=np.float32)
-        return mx.array(a)
-
-    return swiglu
+# Attention softmax and SwiGLU in numpy on CPU: harness/runtime/kernels.py (scoped).
 
 
 def kernels_kind(opts: "FidelityOptions") -> str:
-    if opts.kernels == "auto":
-        return "mlx" if mx.default_device() == mx.gpu else "numpy"
-    return opts.kernels
-
-
-@contextmanager
-def cpu_kernels(kind: str):
-    """Within the block, mlx-lm models run attention softmax and SwiGLU in numpy
-    (kind="numpy"); kind="mlx" changes nothing.
-
-    Why: MLX's CPU exp is scalar, ~20x slower than numpy's SIMD exp, and the
-    attention softmax and SiLU are most of a CPU forward pass once matmuls run on
-    OpenBLAS. Outputs agree with MLX's kernels to ~1e-6. Patched: the
-    mx.fast.scaled_dot_product_attention attribute (mlx-lm looks it up per call)
-    and the `swiglu` name in every loaded mlx_lm.models module; restored on exit.
-    """
-    if kind != "numpy":
-        yield
-        return
-    import sys
-
-    from mlx_lm.models import activations
-
-    native_sdpa, native_swiglu = mx.fast.scaled_dot_product_attention, activations.swiglu
-    fast_swiglu = _numpy_swiglu(native_swiglu)
-    patched = [m for name, m in list(sys.modules.items())
-               if name.startswith("mlx_lm.models.") and getattr(m, "swiglu", None) is native_swiglu]
-    mx.fast.scaled_dot_product_attention = _numpy_sdpa(native_sdpa)
-    for m in patched:
-        m.swiglu = fast_swiglu
-    try:
-        yield
-    finally:
-        mx.fast.scaled_dot_product_attention = native_sdpa
-        for m in patched:
-            m.swiglu = native_swiglu
+    return resolve_kind(opts.kernels)
 
 
 # ---------------------------------------------------------------- per-token math
@@ -554,12 +449,35 @@ class ReferenceCache:
             np.savez(f, **entry)
 
 
-class FidelitySuite:
+def _info(name: str, description: str) -> MetricSpec:
+    return MetricSpec(name, None, kind="info", description=description)
+
+
+class FidelitySuite(Suite):
     name = "fidelity"
     description = "perplexity, KL divergence, top-1 agreement and RMS Δp vs the float reference (llama.cpp layout)"
     version = "1"
     needs_reference = True
     exec_mode = None
+    streamable = True  # runs models larger than --memory-budget layer by layer (ctx.model None: stream it)
+    Options = FidelityOptions
+    metrics = (
+        MetricSpec("ppl", False, kind="ppl", max_drop=0.05, relative=True, item_key="ppl",
+                   description="perplexity of the model on the windows"),
+        MetricSpec("kld_mean", False, kind="mean", max_drop=0.02, item_key="kld_mean",
+                   description="mean KL(P_ref || P_model) per token (tail lumped: a lower bound)"),
+        MetricSpec("top1_agreement", True, kind="proportion", max_drop=0.02, item_key="top1_agreement",
+                   description="share of tokens whose argmax equals the reference's (llama.cpp 'Same top p')"),
+        _info("ref_ppl", "perplexity of the float reference on the same tokens"),
+        _info("delta_ppl", "ppl - ref_ppl"),
+        _info("ppl_ratio", "ppl / ref_ppl"),
+        _info("kld_p99", "99th percentile of per-token KL"),
+        _info("kld_median", "median per-token KL"),
+        _info("kld_max", "largest per-token KL"),
+        _info("rms_dp", "RMS of p_model(target) - p_ref(target)"),
+        _info("n", "scored tokens"),
+        _info("n_windows", "scored windows"),
+    )
 
     def __init__(self):
         self._windows: dict = {}
@@ -581,9 +499,41 @@ class FidelitySuite:
 
     def data_info(self, ctx) -> dict:
         opts, w = self.windows(ctx)
-        return {"source": w.source, "sha256": w.sha256, "texts_sha256": w.texts_sha256,
+        info = {"source": w.source, "sha256": w.sha256, "texts_sha256": w.texts_sha256,
                 "seq_len": opts.seq_len, "num_windows": int(len(w.tokens)), "windowing": opts.windowing,
                 "min_logp": opts.min_logp, "texts_used": w.texts_used, "kernels": kernels_kind(opts)}
+        # Where each forward ran (resident or layer-streamed) under the memory budget.
+        if ctx.reference_path is not None and not ctx.is_reference:
+            info["reference_placement"] = self.reference_placement(ctx).to_json()
+        if ctx.artifact is not None and Path(ctx.artifact).is_dir():
+            info["model_placement"] = ("streamed" if ctx.model is None else "resident")
+        return info
+
+    # -- memory
+
+    @staticmethod
+    def reference_placement(ctx):
+        """Resident or streamed for the float reference, under ctx's memory budget less
+        what the model under test already holds (both are in memory at once)."""
+        gpu = mx.default_device() == mx.gpu
+        budget = getattr(ctx, "memory_budget_gb", None)
+        budget = default_budget_gb() if budget is None else float(budget)
+        if ctx.model is not None and ctx.artifact is not None and Path(ctx.artifact).is_dir():
+            held = resident_bytes(ctx.artifact, ctx.exec_mode, on_gpu=gpu) / 2**30
+            budget = max(budget - held, 0.0)
+        return choose_placement(ctx.reference_path, budget, "native", on_gpu=gpu)
+
+    @staticmethod
+    def forward(model, path, exec_mode, tokens: np.ndarray, batches: list, progress: bool, desc: str):
+        """(row, fp32 logits (T, V)) for the windows in `batches`: resident when `model` is
+        loaded, else layer-streamed from `path` (one decoder block in memory at a time)."""
+        if model is None:
+            yield from StreamedModel(path, exec_mode).logits(tokens[:, :-1], batches, progress=progress,
+                                                             desc=desc)
+            return
+        for batch in batches:
+            for b, logits in window_logits(model, tokens[batch]):
+                yield batch[b], logits
 
     # -- reference
 
@@ -617,19 +567,19 @@ class FidelitySuite:
         entries = {i: cache.get(names[i]) for i in wanted}
         missing = [i for i in wanted if entries[i] is None]
         if missing:
-            ref_model = ctx.reference()[0]
+            streamed = self.reference_placement(ctx).mode == "streamed"
+            ref_model = None if streamed else ctx.reference()[0]
             bar = tqdm(total=len(missing), desc="fidelity: reference logits", unit="win",
                        disable=not ctx.progress)
+            batches = fixed_batches(len(w.tokens), opts.batch_size, missing)
             with cpu_kernels(kernels_kind(opts)):
-                for batch in fixed_batches(len(w.tokens), opts.batch_size, missing):
-                    toks = w.tokens[batch]
-                    for b, logits in window_logits(ref_model, toks):
-                        i = batch[b]
-                        if entries.get(i, True) is not None:
-                            continue  # not wanted, or already cached
-                        entries[i] = reference_entries(logits, toks[b, 1:], opts.min_logp)
-                        cache.put(names[i], entries[i])
-                        bar.update(1)
+                for i, logits in self.forward(ref_model, ctx.reference_path, "native", w.tokens, batches,
+                                              ctx.progress, "fidelity: reference, streamed"):
+                    if entries.get(i, True) is not None:
+                        continue  # not wanted, or already cached
+                    entries[i] = reference_entries(logits, w.tokens[i, 1:], opts.min_logp)
+                    cache.put(names[i], entries[i])
+                    bar.update(1)
             bar.close()
         return entries
 
@@ -659,20 +609,23 @@ class FidelitySuite:
                 bar.update(1)
                 yield record
 
+        batches = fixed_batches(len(w.tokens), opts.batch_size, wanted)
         with cpu_kernels(kernels_kind(opts)), ThreadPoolExecutor(max_workers=1) as pool:
-            for batch in fixed_batches(len(w.tokens), opts.batch_size, wanted):
-                toks = w.tokens[batch]
-                for b, logits in window_logits(ctx.model, toks):
-                    i = batch[b]
-                    if i not in refs:
-                        continue  # a batch-mate of a wanted window
-                    pending.append((i, pool.submit(score_window, i, logits, toks[b, 1:], refs[i], opts.min_logp)))
-                    yield from finished(block=len(pending) > 1)
+            for i, logits in self.forward(ctx.model, ctx.artifact, ctx.exec_mode, w.tokens, batches,
+                                          ctx.progress, "fidelity: model, streamed"):
+                if i not in refs:
+                    continue  # a batch-mate of a wanted window
+                pending.append((i, pool.submit(score_window, i, logits, w.tokens[i, 1:], refs[i], opts.min_logp)))
+                yield from finished(block=len(pending) > 1)
             yield from finished(block=True)
         bar.close()
 
     def summarize(self, ctx, records: list) -> dict:
         return summarize_records(records)
+
+    def render(self, summary: dict) -> str:
+        """llama.cpp's --kl-divergence layout, rendered from the stored summary."""
+        return format_llama_cpp(summary) if "kld_p999" in summary else ""
 
 
 def _reference_fingerprint(path) -> Optional[str]:

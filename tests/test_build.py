@@ -232,7 +232,7 @@ def test_interrupted_build_leaves_nothing(monkeypatch, tmp_path):
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(mx, "save_safetensors", boom)
+    monkeypatch.setattr(b, "_save_streaming", boom)  # interrupted while writing a shard
     out = tmp_path / "artifact"
     with pytest.raises(KeyboardInterrupt):
         b.build(BuildOptions(model="synthetic:llama", recipe="uniform3", out=out, progress=False),
@@ -283,3 +283,25 @@ def test_smollm2_uniform4_says_paris(capsys):
     for (token, _), _ in zip(generate_step(prompt, model, max_tokens=3), range(3)):
         tokens.append(int(token))
     assert tok.decode(tokens).startswith(" Paris")
+
+
+def test_streaming_writer_matches_mlx_quantize(tmp_path, monkeypatch):
+    """The shard writer (tensor by tensor) stores exactly what nn.quantize computes."""
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+
+    from harness.build import make_plan
+    from harness.sources import load_float
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    opts = BuildOptions(model="synthetic:minimax", recipe="uniform4", progress=False)
+    art = build(opts, log=lambda m: None).path
+    plan, src = make_plan(opts)[:2]
+    model, _ = load_float(src)
+    model.set_dtype(mx.bfloat16)
+    nn.quantize(model, class_predicate=plan.predicate())
+    expected = dict(tree_flatten(model.parameters()))
+    stored = mx.load(str(art / "model.safetensors"))
+    assert sorted(stored) == sorted(expected)
+    for k, v in expected.items():
+        assert stored[k].dtype == v.dtype and mx.array_equal(stored[k], v).item(), k

@@ -13,9 +13,10 @@ from mlx_lm import load
 
 from harness.data.corpus import CorpusSpec, load_texts, load_windows, tokenize_windows
 from harness.errors import HarnessError
-from harness.suite import SuiteContext
+from harness.suite import Suite, SuiteContext
 from harness.sources.synthetic import write_synthetic
 from harness.suites.fidelity import (
+    FidelityOptions,
     FidelitySuite,
     cpu_kernels,
     decode_f32,
@@ -122,7 +123,7 @@ def test_separately_loaded_reference_is_exactly_zero_and_cached(loaded, float_di
 def test_perturbed_model_matches_full_vocab_computation(loaded, float_dir, tmp_path):
     model, tok = loaded
     noisy = perturbed(float_dir)
-    full_k = {**OPTS, "min_logp": "-inf", "kernels": "mlx"}  # every token kept: no lumping
+    full_k = {**OPTS, "min_logp": "-1e30", "kernels": "mlx"}  # every token kept: no lumping
     ctx = make_ctx(noisy, tok, tmp_path / "q", lambda: loaded, float_dir, tmp_path, options=full_k)
     suite, _, s = run_suite(ctx)
     _, w = suite.windows(ctx)
@@ -201,8 +202,26 @@ def test_options_are_validated():
     assert parse_options({"min_logp": "-14", "shots": 5}).min_logp == -14.0  # other suites' keys ignored
     with pytest.raises(HarnessError, match="windowing"):
         parse_options({"windowing": "random"})
-    with pytest.raises(HarnessError, match="number"):
+    with pytest.raises(HarnessError, match="seq_len='long' is not an integer"):
         parse_options({"seq_len": "long"})
+    with pytest.raises(HarnessError, match="min_logp=0.0 must be negative"):
+        parse_options({"min_logp": "0"})
+    with pytest.raises(HarnessError, match="batch_size=0 is out of range"):
+        parse_options({"batch_size": 0})
+
+
+def test_suite_declares_options_and_metrics():
+    from harness.options import route_options
+
+    assert issubclass(FidelitySuite, Suite) and FidelitySuite.Options is FidelityOptions
+    specs = {m.name: m for m in FidelitySuite.metrics}
+    assert (specs["ppl"].kind, specs["ppl"].higher_is_better, specs["ppl"].max_drop, specs["ppl"].relative) == (
+        "ppl", False, 0.05, True)
+    assert (specs["kld_mean"].higher_is_better, specs["kld_mean"].max_drop) == (False, 0.02)
+    assert (specs["top1_agreement"].kind, specs["top1_agreement"].higher_is_better) == ("proportion", True)
+    assert specs["rms_dp"].kind == "info" and specs["rms_dp"].higher_is_better is None
+    routed = route_options({"seq_len": "64", "fidelity.min_logp": "-10"}, {"fidelity": FidelityOptions})
+    assert parse_options(routed["fidelity"]) == FidelityOptions(seq_len=64, min_logp=-10.0)
 
 
 # ---------------------------------------------------------------- corpus

@@ -147,3 +147,85 @@ def test_unknown_arch(tmp_path):
     with pytest.raises(HarnessError, match="synthetic:minimax"):
         write_synthetic("gpt5", tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------- scale models (real per-layer shapes)
+
+
+def test_scale_spec_parsing():
+    from harness.sources.synthetic import parse_spec
+
+    assert parse_spec("synthetic:minimax-m2.5@3:layers=4,experts=32") == ("minimax-m2.5", 3, {"layers": 4, "experts": 32})
+    assert parse_spec("synthetic:qwen3-moe-30b") == ("qwen3-moe-30b", 0, {})
+    assert parse_spec("synthetic:llama@2") == ("llama", 2, {})
+    for bad, msg in [("synthetic:minimax-m2.5:layers=0", "positive"), ("synthetic:minimax-m2.5:depth=3", "layers=N"),
+                     ("synthetic:llama:layers=2", "takes no sizes"), ("synthetic:gpt5", "unknown synthetic")]:
+        with pytest.raises(HarnessError, match=msg):
+            parse_spec(bad)
+
+
+def test_scale_values_are_seeded():
+    import numpy as np
+
+    from harness.sources.synthetic import _stream_values, _to_bf16_bytes
+
+    a = np.concatenate(list(_stream_values("model.layers.0.mlp.gate_proj.weight", (4096, 4096), 1)))
+    b = np.concatenate(list(_stream_values("model.layers.0.mlp.gate_proj.weight", (4096, 4096), 1)))
+    c = np.concatenate(list(_stream_values("model.layers.0.mlp.gate_proj.weight", (4096, 4096), 2)))
+    assert a.shape == (4096, 4096) and np.array_equal(a, b) and not np.array_equal(a, c)
+    assert abs(a.std() - 4096 ** -0.5) < 1e-4  # std 1/sqrt(fan_in)
+    x = np.array([1.0, -2.5, 3.14159, 1e-3], dtype=np.float32)  # bf16 rounding as MLX does it
+    assert _to_bf16_bytes(x) == bytes(memoryview(mx.array(x).astype(mx.bfloat16).view(mx.uint16)))
+
+
+@pytest.mark.parametrize("arch,experts_key,vocab", [
+    ("minimax-m2.5", "num_local_experts", 4096),  # real block shapes, small vocab: fast
+    ("qwen3-moe-30b", "num_experts", 4096),
+    pytest.param("minimax-m2.5", "num_local_experts", None, marks=pytest.mark.slow),  # 2.5 GB embed + lm_head
+    pytest.param("qwen3-moe-30b", "num_experts", None, marks=pytest.mark.slow),
+])
+def test_scale_model_has_real_shapes_and_loads(arch, experts_key, vocab, tmp_path):
+    import numpy as np
+
+    from harness.sources.synthetic import SCALE_CONFIGS, write_scaled
+
+    out = write_scaled(arch, tmp_path / arch, seed=1, layers=1, experts=2, vocab=vocab)
+    config = json.loads((out / "config.json").read_text())
+    real = dict(SCALE_CONFIGS[arch], **({"vocab_size": vocab} if vocab else {}))
+    assert config["num_hidden_layers"] == 1 and config[experts_key] == 2 and config["num_experts_per_tok"] == 2
+    for key in ("hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size"):
+        assert config[key] == real[key]
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    weights = {}
+    for shard in set(index["weight_map"].values()):
+        weights.update(mx.load(str(out / shard)))
+    if arch == "minimax-m2.5":
+        assert weights["model.layers.0.block_sparse_moe.switch_mlp.gate_proj.weight"].shape == (2, 1536, 3072)
+        assert weights["model.layers.0.self_attn.q_proj.weight"].shape == (48 * 128, 3072)
+        assert weights["model.layers.0.self_attn.k_norm.weight"].shape == (8 * 128,)
+        assert weights["model.layers.0.block_sparse_moe.e_score_correction_bias"].dtype == mx.float32
+        assert config["rotary_dim"] == 64 and config["use_qk_norm"] and config["scoring_func"] == "sigmoid"
+    else:
+        assert weights["model.layers.0.mlp.switch_mlp.down_proj.weight"].shape == (2, 2048, 768)
+    assert weights["lm_head.weight"].shape == (real["vocab_size"], real["hidden_size"])
+    assert weights["lm_head.weight"].dtype == mx.bfloat16
+    # loads with mlx-lm, the tokenizer covers the vocabulary, and the forward is sane
+    model, tokenizer = mlx_lm.load(str(out))
+    assert len(tokenizer.vocab) == real["vocab_size"]
+    ids = tokenizer.encode("The capital of France is Paris.")
+    model.set_dtype(mx.float32)
+    logits = model(mx.array([ids]))
+    assert logits.shape == (1, len(ids), real["vocab_size"]) and mx.isfinite(logits).all().item()
+    assert 2.0 < float(np.std(np.array(logits))) < 4.0  # lm_head scaled for logits of std ~3
+
+
+def test_resolve_scale_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    from harness.sources import model_slug, resolve_model
+
+    path = resolve_model("synthetic:qwen3-moe-30b@0:layers=1,experts=2,vocab=1024")
+    assert path.name == "synthetic-qwen3-moe-30b-s0-e2-l1-v1024-v1"
+    config = json.loads((path / "config.json").read_text())
+    assert config["harness_synthetic"]["experts"] == 2 and config["vocab_size"] == 1024
+    assert resolve_model("synthetic:qwen3-moe-30b@0:layers=1,experts=2,vocab=1024") == path  # cached
+    assert model_slug("synthetic:qwen3-moe-30b@0:layers=1,experts=2") == "synthetic-qwen3-moe-30b-s0-layers_1_experts_2"

@@ -4,6 +4,9 @@
                           package (Q4_1 GGUF), dequantized once to fp32 (the float reference)
     smollm2-moe           SmolLM2 upcycled into a Mixtral-style MoE (harness/upcycle.py)
     synthetic:ARCH[@SEED] seeded tiny random model (llama, minimax, qwen3_moe) for tests
+    synthetic:ARCH[@SEED][:layers=N,experts=N,top_k=N]
+                          seeded random model with a real model's per-layer shapes
+                          (minimax-m2.5, qwen3-moe-30b), bf16 shards, for scale benchmarks
     path/to/model.gguf    converted with harness/gguf_import.py (cached by file fingerprint)
     path/to/dir           a local mlx-lm / Hugging Face directory (config.json + safetensors)
     org/name              a Hugging Face hub id, downloaded through mlx-lm (needs network)
@@ -41,14 +44,15 @@ def resolve_model(spec: str) -> Path:
             upcycle_to_moe(_smollm2(), out)
         return out
     if spec.startswith("synthetic:"):
-        from harness.sources.synthetic import SYNTHETIC_ARCHS, write_synthetic
+        from harness.sources.synthetic import SCALE_ARCHS, parse_spec, write_scaled, write_synthetic
 
-        m = re.fullmatch(r"synthetic:(\w+)(?:@(\d+))?", spec)
-        if not m or m.group(1) not in SYNTHETIC_ARCHS:
-            raise HarnessError(
-                f"unknown synthetic model {spec!r}; use synthetic:{{{','.join(SYNTHETIC_ARCHS)}}}[@seed]"
-            )
-        arch, seed = m.group(1), int(m.group(2) or 0)
+        arch, seed, sizes = parse_spec(spec)
+        if arch in SCALE_ARCHS:
+            tag = "".join(f"-{k[0]}{v}" for k, v in sorted(sizes.items()))
+            out = sources_dir() / f"synthetic-{arch}-s{seed}{tag}-v{CONVERTER_VERSION}"
+            if not _complete(out):
+                write_scaled(arch, out, seed=seed, progress=True, **sizes)
+            return out
         out = sources_dir() / f"synthetic-{arch}-s{seed}-v{CONVERTER_VERSION}"
         if not _complete(out):
             write_synthetic(arch, out, seed=seed)

@@ -224,3 +224,222 @@ def write_synthetic(arch: str, out_dir: Path, seed: int = 0) -> Path:
         save_config(config, tmp / "config.json")
         _write_tokenizer(tmp)
     return out_dir
+
+
+# ---------------------------------------------------------------- models at the users' scale
+#
+# `synthetic:minimax-m2.5@SEED:layers=4,experts=32` is a seeded random model with
+# MiniMax-M2.5's real per-layer shapes (DESIGN.md section 4) and a chosen number of
+# layers and experts, written as bf16 safetensors shards tensor by tensor: the writer
+# never holds more than one tensor's chunk, so a 7 GB model is generated with ~100 MB
+# of memory. Real shapes matter for memory/speed benchmarks (block size, vocab-sized
+# logits); the weights are noise scaled so activations stay O(1).
+
+SCALE_CONFIGS = {
+    "minimax-m2.5": {  # MiniMaxAI/MiniMax-M2.5 config.json (62 layers, 256 experts)
+        "model_type": "minimax",
+        "architectures": ["MiniMaxM2ForCausalLM"],
+        "hidden_size": 3072,
+        "intermediate_size": 1536,
+        "num_attention_heads": 48,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "rotary_dim": 64,
+        "num_hidden_layers": 62,
+        "num_local_experts": 256,
+        "num_experts_per_tok": 8,
+        "shared_intermediate_size": 0,
+        "scoring_func": "sigmoid",
+        "use_qk_norm": True,
+        "vocab_size": 200064,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 5000000.0,
+        "max_position_embeddings": 196608,
+        "tie_word_embeddings": False,
+    },
+    "qwen3-moe-30b": {  # Qwen/Qwen3-30B-A3B config.json (48 layers, 128 experts)
+        "model_type": "qwen3_moe",
+        "architectures": ["Qwen3MoeForCausalLM"],
+        "hidden_size": 2048,
+        "intermediate_size": 6144,
+        "moe_intermediate_size": 768,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 4,
+        "head_dim": 128,
+        "num_hidden_layers": 48,
+        "num_experts": 128,
+        "num_experts_per_tok": 8,
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [],
+        "norm_topk_prob": True,
+        "vocab_size": 151936,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0,
+        "max_position_embeddings": 40960,
+        "tie_word_embeddings": False,
+    },
+}
+SCALE_ARCHS = tuple(SCALE_CONFIGS)
+SIZE_KEYS = ("layers", "experts", "top_k", "vocab")  # vocab: only to make tests fast
+SHARD_BYTES = 2 << 30  # mlx-lm writes 5 GB shards; smaller ones keep one shard cheap to hold
+_CHUNK_ELEMS = 1 << 24  # rows generated at a time (~64 MB of fp32)
+
+
+def scale_config(arch: str, layers=None, experts=None, top_k=None, vocab=None) -> dict:
+    """The config.json of a scale model: real shapes, chosen depth and expert count."""
+    if arch not in SCALE_CONFIGS:
+        raise HarnessError(f"unknown synthetic architecture {arch!r}; use one of: "
+                           + ", ".join(f"synthetic:{a}" for a in SYNTHETIC_ARCHS + SCALE_ARCHS))
+    config = dict(SCALE_CONFIGS[arch])
+    n_key = "num_local_experts" if config["model_type"] == "minimax" else "num_experts"
+    if layers is not None:
+        config["num_hidden_layers"] = int(layers)
+    if experts is not None:
+        config[n_key] = int(experts)
+    if top_k is not None:
+        config["num_experts_per_tok"] = int(top_k)
+    if vocab is not None:
+        if int(vocab) < VOCAB_SIZE:
+            raise HarnessError(f"synthetic:{arch}: vocab must be at least {VOCAB_SIZE} (the tokenizer's merges)")
+        config["vocab_size"] = int(vocab)
+    config["num_experts_per_tok"] = min(config["num_experts_per_tok"], config[n_key])
+    if config["num_hidden_layers"] < 1 or config[n_key] < 1 or config["num_experts_per_tok"] < 1:
+        raise HarnessError(f"synthetic:{arch}: layers, experts and top_k must be positive integers")
+    config.update({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "torch_dtype": "bfloat16"})
+    return config
+
+
+def _shapes(config: dict) -> list:
+    """[(name, shape)] of every parameter, in mlx-lm's layout, without allocating weights."""
+    import mlx.nn as nn
+
+    module = importlib.import_module(f"mlx_lm.models.{config['model_type']}")
+    model = module.Model(module.ModelArgs.from_dict(config))  # lazy init: nothing is computed
+    shapes = [(name, tuple(p.shape)) for name, p in tree_flatten(model.parameters())]
+    del model, nn
+    return shapes
+
+
+def _stream_values(name: str, shape: tuple, seed: int):
+    """The tensor `name` as float32 chunks along its first axis (seeded by name)."""
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    if name.endswith("norm.weight"):
+        yield (1.0 + 0.05 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
+        return
+    if name.endswith("e_score_correction_bias"):
+        yield 0.02 * rng.standard_normal(shape, dtype=np.float32)
+        return
+    std = shape[-1] ** -0.5  # Linear/SwitchLinear: fan_in is the last axis; Embedding: O(1) rows
+    if "embed_tokens" in name:
+        std = 1.0
+    elif name == "lm_head.weight":
+        std *= 3.0  # logits of std ~3: peaked but not one-hot
+    row = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    step = max(1, _CHUNK_ELEMS // max(row, 1))
+    for start in range(0, shape[0], step):
+        n = min(step, shape[0] - start)
+        chunk = rng.standard_normal((n, *shape[1:]), dtype=np.float32)
+        chunk *= np.float32(std)
+        yield chunk
+
+
+def _to_bf16_bytes(x: np.ndarray) -> bytes:
+    """float32 -> bfloat16 bytes, rounding to nearest even (as mx.astype does)."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    u = (u + (np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1)))) >> 16
+    return u.astype("<u2").tobytes()
+
+
+def _plan_shards(entries: list) -> list:
+    """Group (name, shape, dtype) entries into shards of at most SHARD_BYTES, in order
+    (so one decoder block's tensors sit together)."""
+    shards, current, size = [], [], 0
+    for name, shape, dtype in entries:
+        nbytes = int(np.prod(shape)) * (4 if dtype == "F32" else 2)
+        if current and size + nbytes > SHARD_BYTES:
+            shards.append(current)
+            current, size = [], 0
+        current.append((name, shape, dtype, nbytes))
+        size += nbytes
+    if current:
+        shards.append(current)
+    return shards
+
+
+def _write_shard(path: Path, entries: list, seed: int) -> None:
+    """A safetensors file written tensor by tensor (header first: every offset is known)."""
+    header, offset = {"__metadata__": {"format": "mlx"}}, 0
+    for name, shape, dtype, nbytes in entries:
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # keep the data 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(len(blob).to_bytes(8, "little"))
+        f.write(blob)
+        for name, shape, dtype, _ in entries:
+            for chunk in _stream_values(name, shape, seed):
+                f.write(np.ascontiguousarray(chunk, dtype="<f4").tobytes() if dtype == "F32"
+                        else _to_bf16_bytes(chunk))
+
+
+def _scale_tokenizer_json(vocab_size: int) -> str:
+    """The tiny byte-level BPE (every text is encodable) padded with reserved tokens to
+    `vocab_size` entries, so the tokenizer covers the model's whole vocabulary."""
+    tok = json.loads(_tokenizer_json())
+    vocab = tok["model"]["vocab"]
+    for i in range(len(vocab), vocab_size):
+        vocab[f"<reserved_{i}>"] = i
+    return json.dumps(tok, ensure_ascii=False)
+
+
+def write_scaled(arch: str, out_dir: Path, seed: int = 0, layers=None, experts=None, top_k=None, vocab=None,
+                 progress: bool = False) -> Path:
+    """Write a scale model (see SCALE_CONFIGS) as bf16 shards at out_dir, atomically."""
+    from tqdm import tqdm
+
+    config = scale_config(arch, layers, experts, top_k, vocab)
+    keep_f32 = config["model_type"] == "minimax"  # mlx-lm keeps the routing bias in fp32
+    entries = [(n, s, "F32" if keep_f32 and n.endswith("e_score_correction_bias") else "BF16")
+               for n, s in _shapes(config)]
+    shards = _plan_shards(entries)
+    total = sum(e[3] for shard in shards for e in shard)
+    config["harness_synthetic"] = {"arch": arch, "seed": seed, "layers": config["num_hidden_layers"],
+                                   "experts": config.get("num_local_experts", config.get("num_experts")),
+                                   "top_k": config["num_experts_per_tok"]}
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        index = {"metadata": {"total_size": total}, "weight_map": {}}
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"synthetic:{arch}", disable=not progress)
+        for i, shard in enumerate(shards):
+            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            _write_shard(tmp / name, shard, seed)
+            index["weight_map"].update({e[0]: name for e in shard})
+            bar.update(sum(e[3] for e in shard))
+        bar.close()
+        (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=1), encoding="utf-8")
+        save_config(config, tmp / "config.json")
+        _write_tokenizer(tmp)
+        (tmp / "tokenizer.json").write_text(_scale_tokenizer_json(config["vocab_size"]), encoding="utf-8")
+    return out_dir
+
+
+def parse_spec(spec: str):
+    """'synthetic:ARCH[@SEED][:layers=N,experts=N,top_k=N,vocab=N]' -> (arch, seed, sizes)."""
+    import re
+
+    usage = (f"use synthetic:ARCH[@SEED] with ARCH one of {', '.join(SYNTHETIC_ARCHS)}, or "
+             f"synthetic:ARCH[@SEED][:layers=N,experts=N,top_k=N] with ARCH one of {', '.join(SCALE_ARCHS)}")
+    m = re.fullmatch(r"synthetic:([\w.-]+?)(?:@(\d+))?(?::([\w=,]*))?", spec)
+    if not m or m.group(1) not in SYNTHETIC_ARCHS + SCALE_ARCHS:
+        raise HarnessError(f"unknown synthetic model {spec!r}; {usage}")
+    arch, seed, sizes = m.group(1), int(m.group(2) or 0), {}
+    for pair in filter(None, (m.group(3) or "").split(",")):
+        key, _, value = pair.partition("=")
+        if key not in SIZE_KEYS or not value.isdigit() or int(value) < 1:
+            raise HarnessError(f"synthetic size {pair!r} in {spec!r} is invalid; use layers=N, experts=N, "
+                               "top_k=N (vocab=N for tests) with N a positive integer")
+        sizes[key] = int(value)
+    if sizes and arch in SYNTHETIC_ARCHS:
+        raise HarnessError(f"synthetic:{arch} is the tiny test model and takes no sizes; {usage}")
+    return arch, seed, sizes
