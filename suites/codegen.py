@@ -500,23 +500,9 @@ def summarize_records(records: list, protocol: str = "lm-eval") -> dict:
         out = {"pass@1": k / n if n else 0.0, "pass@1_ci95": list(wilson_ci(k, n)), "n": n, "passed": k,
                "status_counts": counts("status"), "extraction_counts": counts("extraction")}
     out["isolation"] = levels[0] if len(levels) == 1 else "mixed:" + ",".join(levels)
+    from harness.runtime.health import generation_summary
+
     out.update(generation_summary(records))
-    return out
-
-
-def generation_summary(records: list) -> dict:
-    """Health rates (harness.runtime.health.summarize_health) and mean thinking / answer
-    tokens, over the records that carry them (older results have none: {})."""
-    from harness.runtime import health
-
-    flagged = [r for r in records if health.PREFIX + "any" in r]
-    if not flagged:
-        return {}
-    out = health.summarize_health(flagged)
-    for key in ("thinking_tokens", "answer_tokens"):
-        values = [r.get(key) or 0 for r in flagged]
-        out[f"{key}_mean"] = sum(values) / len(values)
-    out["thinking_items"] = sum(bool(r.get("has_thinking")) for r in flagged)
     return out
 
 
@@ -543,14 +529,10 @@ def load_hub_rows(dataset: str, *args, split: str = "test") -> list:
 
 
 def health_specs() -> tuple:
-    """The generation-health metrics every generative suite declares (harness.runtime.health),
-    plus the token means (informational)."""
+    """The generation-health metrics every generative suite declares (harness.runtime.health)."""
     from harness.runtime import health
 
-    return tuple(MetricSpec(**d) for d in health.METRIC_DECLS) + (
-        MetricSpec("thinking_tokens_mean", None, "info", description="tokens spent thinking per item (mean)"),
-        MetricSpec("answer_tokens_mean", None, "info", description="answer tokens per item (mean)"),
-    )
+    return tuple(MetricSpec(**d) for d in health.GENERATION_DECLS)
 
 
 METRICS = (

@@ -286,9 +286,16 @@ class BudgetedGeneration:
     stop: str  # why generation ended: eos | length | answer_budget | the caller's stop label
 
 
-def generate_budgeted(model, tokenizer, prompts: list, *, plan: BudgetPlan = DEFAULT_PLAN, thinking: bool = True,
-                      stop: Optional[Callable[[int, str], object]] = None, batch_size: int = 8,
-                      decode: Optional[Callable[[list], str]] = None, progress: bool = False) -> list:
+def generate_budgeted(model, tokenizer, prompts: list, **kwargs) -> list:
+    """`generate_budgeted_iter`, collected in prompt order."""
+    out = {g.index: g for g in generate_budgeted_iter(model, tokenizer, prompts, **kwargs)}
+    return [out[i] for i in range(len(out))]
+
+
+def generate_budgeted_iter(model, tokenizer, prompts: list, *, plan: BudgetPlan = DEFAULT_PLAN,
+                           thinking: bool = True, stop: Optional[Callable[[int, str], object]] = None,
+                           batch_size: int = 8, decode: Optional[Callable[[list], str]] = None,
+                           progress: bool = False, loop_stop: Optional[Callable[[list], bool]] = None):
     """Batched greedy generation under a thinking budget and an answer budget, through
     harness.runtime.generate (the one generation loop): the same budgets as
     `generate_two_phase`, without giving up batching.
@@ -299,15 +306,18 @@ def generate_budgeted(model, tokenizer, prompts: list, *, plan: BudgetPlan = DEF
     once outside (closed, or never opened) the answer may spend plan.answer tokens counted
     from the close tag. Sequences that ran out of thinking get FORCE_CLOSE appended and a
     second batched phase of plan.answer tokens. thinking=False: the answer budget only (a
-    block opened anyway is still split off). stop(i, answer) -> a truthy label (answer: `raw_answer`) ends a
-    sequence once its answer is complete (e.g. a closed code block); it never sees thinking.
+    block opened anyway is still split off). stop(i, answer) -> a truthy label (answer:
+    `raw_answer`) ends a sequence once its answer is complete (e.g. a closed code block); it
+    never sees thinking.
     decode(tokens) -> text replaces the streaming text (code suites keep tokenizer.decode).
-    Returns a BudgetedGeneration per prompt, in prompt order."""
+    loop_stop(tokens) -> True ends a sequence stuck in a loop, thinking or not ("repetition").
+    Yields a BudgetedGeneration per prompt as each finishes (any order: suites append
+    records as they go, so a killed run resumes)."""
     from harness.runtime.generate import generate_iter
 
     prompts = [list(p) for p in prompts]
     if not prompts:
-        return []
+        return
     think = thinking and plan.thinking > 0
     opened = [think and template_opens_thinking(tokenizer.decode(p[-16:])) for p in prompts]
     close_at: dict = {}  # index -> tokens generated when the think block closed
@@ -316,8 +326,10 @@ def generate_budgeted(model, tokenizer, prompts: list, *, plan: BudgetPlan = DEF
         return decode(tokens) if decode is not None else streamed
 
     def phase1_stop(i, tokens, streamed):
+        if loop_stop is not None and loop_stop(tokens):
+            return "repetition"
         text = text_of(tokens, streamed)
-        split = split_thinking(text, opened=opened[i])
+        split = split_thinking(text, opened=opened[i] or None)
         if split.has_thinking and not split.closed:
             return "thinking_budget" if think and len(tokens) >= plan.thinking else None
         start = close_at.setdefault(i, len(tokens)) if split.has_thinking else 0
@@ -327,27 +339,29 @@ def generate_budgeted(model, tokenizer, prompts: list, *, plan: BudgetPlan = DEF
         return stop(i, answer) if stop is not None and answer.strip() else None
 
     total = plan.thinking + plan.answer if think else plan.answer
-    first = {g.index: g for g in generate_iter(model, tokenizer, prompts, max_tokens=total, batch_size=batch_size,
-                                               stop=phase1_stop, progress=progress, desc="generate")}
-    out = {}
-    resume = []
-    for i, g in first.items():
+    first, resume = {}, []
+    for g in generate_iter(model, tokenizer, prompts, max_tokens=total, batch_size=batch_size,
+                           stop=phase1_stop, progress=progress, desc="generate"):
+        i = g.index
+        first[i] = g
         text = text_of(g.tokens, g.text)
         if g.stop == "thinking_budget":
             resume.append(i)
             continue
-        split = split_thinking(text, opened=opened[i])
+        split = split_thinking(text, opened=opened[i] or None)
         inside = split.has_thinking and not split.closed
         t = close_at.get(i, len(g.tokens)) if split.has_thinking else 0
         split.thinking_tokens, split.answer_tokens = t, len(g.tokens) - t
         split.thinking_budget_hit = g.stop == "length" and inside
         split.answer_budget_hit = g.stop in ("answer_budget", "length") and not inside
-        out[i] = BudgetedGeneration(i, text, list(g.tokens), split, g.stop)
+        yield BudgetedGeneration(i, text, list(g.tokens), split, g.stop)
     if resume:
         close_ids = encode_plain(tokenizer, FORCE_CLOSE)
         heads = {i: list(first[i].tokens) + close_ids for i in resume}
 
         def phase2_stop(j, tokens, streamed):
+            if loop_stop is not None and loop_stop(tokens):
+                return "repetition"
             answer = text_of(tokens, streamed)
             return stop(resume[j], answer) if stop is not None and answer.strip() else None
 
@@ -356,8 +370,7 @@ def generate_budgeted(model, tokenizer, prompts: list, *, plan: BudgetPlan = DEF
         for g in second:
             i = resume[g.index]
             text = text_of(first[i].tokens, first[i].text) + FORCE_CLOSE + text_of(g.tokens, g.text)
-            split = split_thinking(text, opened=opened[i])
+            split = split_thinking(text, opened=opened[i] or None)
             split.thinking_tokens, split.answer_tokens = len(first[i].tokens), len(g.tokens)
             split.thinking_budget_hit, split.answer_budget_hit = True, g.stop == "length"
-            out[i] = BudgetedGeneration(i, text, heads[i] + list(g.tokens), split, g.stop)
-    return [out[i] for i in range(len(prompts))]
+            yield BudgetedGeneration(i, text, heads[i] + list(g.tokens), split, g.stop)
