@@ -304,7 +304,7 @@ def generate_budgeted_iter(model, tokenizer, prompts: list, *, plan: BudgetPlan 
     with a stop rule that tracks where each sequence is: inside a think block (opened by the
     model, or by the template at the end of the prompt) it may spend plan.thinking tokens;
     once outside (closed, or never opened) the answer may spend plan.answer tokens counted
-    from the close tag. Sequences that ran out of thinking get FORCE_CLOSE appended and a
+    from the (last) close tag; thinking_tokens = tokens up to it. Sequences that ran out of thinking get FORCE_CLOSE appended and a
     second batched phase of plan.answer tokens. thinking=False: the answer budget only (a
     block opened anyway is still split off). stop(i, answer) -> a truthy label (answer:
     `raw_answer`) ends a sequence once its answer is complete (e.g. a closed code block); it
@@ -320,7 +320,8 @@ def generate_budgeted_iter(model, tokenizer, prompts: list, *, plan: BudgetPlan 
         return
     think = thinking and plan.thinking > 0
     opened = [think and template_opens_thinking(tokenizer.decode(p[-16:])) for p in prompts]
-    close_at: dict = {}  # index -> tokens generated when the think block closed
+    close_at: dict = {}  # index -> tokens generated when the (last) think block closed
+    closes_seen: dict = {}
 
     def text_of(tokens, streamed):
         return decode(tokens) if decode is not None else streamed
@@ -332,7 +333,11 @@ def generate_budgeted_iter(model, tokenizer, prompts: list, *, plan: BudgetPlan 
         split = split_thinking(text, opened=opened[i] or None)
         if split.has_thinking and not split.closed:
             return "thinking_budget" if think and len(tokens) >= plan.thinking else None
-        start = close_at.setdefault(i, len(tokens)) if split.has_thinking else 0
+        if split.has_thinking:
+            closes = text.count(CLOSE)  # interleaved blocks: the answer budget restarts at the last close
+            if closes_seen.get(i) != closes:
+                closes_seen[i], close_at[i] = closes, len(tokens)
+        start = close_at.get(i, 0)
         if len(tokens) - start >= plan.answer:
             return "answer_budget"
         answer = raw_answer(text, split)
