@@ -38,6 +38,23 @@ lenient (opt-in, labelled in every record), in addition
 Generation stops as soon as more text could not change the extraction (a
 closed block, the closing fence, the first top-level line), EOS, or
 max_tokens.
+
+Protocols (`--opt protocol=`): `lm-eval` (the default: the prompts and rules
+above, pass@1) or `omlx` (omlx's accuracy benchmark, harness.suites.omlx: its
+prompts, 2,048 answer tokens, no early stop, its candidates and retries; records
+say which pass_mode passed and whether that was a lenient repair; the summary has
+omlx_pass@1 and omlx_strict_pass@1, never pass@1, so the report cannot put the
+two protocols in one column).
+
+Thinking models (`--opt thinking=auto|on|off`, enable_thinking for the chat
+template): generation goes through harness.runtime.thinking.generate_budgeted
+(harness.runtime.generate underneath, batched): up to `thinking_budget` tokens of
+thinking (4096; omlx 8192), then `max_tokens` answer tokens counted from
+`</think>`; the code is extracted from the answer only (a draft inside the
+thinking never counts). Every record carries thinking_tokens, answer_tokens,
+thinking/answer_budget_hit and generation-health flags (health_loop, _empty,
+_bad_unicode, _language_switch, _budget_hit, _any: harness.runtime.health),
+summarized as health_*_rate with Wilson CIs and gated by default.
 """
 
 import ast

@@ -374,3 +374,32 @@ def test_floor_effect_rules():
     assert floor_effect(R({"score": 60.0, "score_ci95": [50.0, 70.0]}), score) is None
     rate = MetricSpec("health_loop_rate", False, "proportion", chance=0.0)
     assert floor_effect(R({"health_loop_rate": 0.0}), rate) is None  # lower is better: never a floor
+
+
+# ---------------------------------------------------------------- SmolLM2: uniform2 vs float (slow)
+
+
+@pytest.mark.slow
+def test_smollm2_uniform2_generates_less_healthily(tmp_path):
+    """Issue 15: on SmolLM2 the questionnaire shows uniform2 looping / running into its budget
+    significantly more often than float, and the gate fails it by default (no --max-drop)."""
+    try:
+        from harness.sources import resolve_model
+
+        resolve_model("smollm2-135m")
+    except (ImportError, HarnessError) as e:
+        pytest.skip(f"SmolLM2 source not available: {e}")
+    from harness.report.gate import GateOptions, run_gate
+    from harness.run import RunOptions, run
+
+    out = tmp_path / "results"
+    run(RunOptions(recipes=["float", "uniform2"], suites=["reasoning"], limit=20, out=out, progress=False,
+                   options={"max_tokens": "128"}), log=lambda *a, **k: None)
+    model_dir = next(p for p in out.iterdir() if p.is_dir())
+    base, cur = model_dir / "float" / "reasoning.json", model_dir / "uniform2" / "reasoning.json"
+    report = run_gate(GateOptions(baseline=base, results=cur))
+    failed = {r.diff.metric for r in report.with_verdict("FAIL")}
+    assert report.exit_code == 1
+    assert failed & {"health_loop_rate", "health_budget_hit_rate", "health_any_rate"}, failed
+    floor = [r for r in report.rows if r.verdict == "not gated (floor)"]
+    assert all(r.diff.metric == "score" for r in floor)  # at most the score is at the floor

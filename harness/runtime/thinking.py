@@ -240,24 +240,21 @@ def generate_two_phase(generate: GenerateFn, prompt: str, plan: BudgetPlan = DEF
 
 
 def mlx_generate_fn(model, tokenizer) -> GenerateFn:
-    """A greedy GenerateFn over mlx-lm's stream_generate (stops after a stop string or EOS)."""
-    from mlx_lm import stream_generate
-    from mlx_lm.sample_utils import make_sampler
-
-    sampler = make_sampler(temp=0.0)
+    """A greedy GenerateFn over harness.runtime.generate (one prompt at a time: exactly
+    mlx_lm.stream_generate's tokens); stops right after a stop string, at EOS or max_tokens."""
+    from harness.runtime.generate import generate as run_generate
 
     def generate(prompt: str, max_tokens: int, stop: tuple) -> Generation:
-        text, n, hit = "", 0, False
         ids = encode_plain(tokenizer, prompt)  # a templated prompt already holds its special tokens
-        for resp in stream_generate(model, tokenizer, ids, max_tokens=max_tokens, sampler=sampler):
-            text += resp.text
-            n = resp.generation_tokens
-            if stop and any(s in text for s in stop):
-                cut = min(text.find(s) + len(s) for s in stop if s in text)
-                return Generation(text[:cut], n, False)
-            if resp.finish_reason is not None:
-                hit = resp.finish_reason == "length"
-        return Generation(text, n, hit)
+
+        def on_token(_i, _tokens, text):
+            return "stop_string" if stop and any(s in text for s in stop) else None
+
+        (g,) = run_generate(model, tokenizer, [ids], max_tokens=max_tokens, batch_size=1, stop=on_token)
+        if g.stop == "stop_string":
+            cut = min(g.text.find(s) + len(s) for s in stop if s in g.text)
+            return Generation(g.text[:cut], len(g.tokens), False)
+        return Generation(g.text, len(g.tokens), g.stop == "length")
 
     return generate
 
