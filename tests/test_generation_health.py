@@ -369,7 +369,9 @@ def test_floor_effect_rules():
     assert floor_effect(R({"acc": 0.45, "acc_ci95": [0.40, 0.50]}), acc) is None
     assert floor_effect(R({"acc": 0.45}), MetricSpec("acc", True, "proportion")) is None  # no chance declared
     score = MetricSpec("score", True, "points", chance=0.0)
-    assert "at the floor" in floor_effect(R({"score": 1.5}), score)
+    assert "near the floor (0.0/100)" in floor_effect(R({"score": 4.08, "score_ci95": [0.83, 8.0]}), score)
+    assert floor_effect(R({"score": 12.0, "score_ci95": [6.0, 18.0]}), score) is None
+    assert "near chance" in floor_effect(R({"acc": 0.31, "acc_ci95": [0.26, 0.36]}), acc)
     assert "includes the floor" in floor_effect(R({"score": 6.0, "score_ci95": [0.0, 12.0]}), score)
     assert floor_effect(R({"score": 60.0, "score_ci95": [50.0, 70.0]}), score) is None
     rate = MetricSpec("health_loop_rate", False, "proportion", chance=0.0)
@@ -402,4 +404,5 @@ def test_smollm2_uniform2_generates_less_healthily(tmp_path):
     assert report.exit_code == 1
     assert failed & {"health_loop_rate", "health_budget_hit_rate", "health_any_rate"}, failed
     floor = [r for r in report.rows if r.verdict == "not gated (floor)"]
-    assert all(r.diff.metric == "score" for r in floor)  # at most the score is at the floor
+    # SmolLM2 scores ~4/100 on the questionnaire: the score cannot rank recipes and is not gated
+    assert [r.diff.metric for r in floor] == ["score"] and "cannot rank recipes" in floor[0].note
