@@ -62,6 +62,9 @@ class MetricSpec:
     relative: bool = False  # max_drop is a fraction of the baseline value
     item_key: Optional[str] = None  # per-item record field behind the metric (paired tests)
     description: str = ""
+    # the score of a model that cannot do the task (0.25: 4-way multiple choice, 0: pass@1, a rubric
+    # score): a reference whose CI includes it cannot rank recipes (harness.report.floor.floor_effect)
+    chance: Optional[float] = None
 
     def __post_init__(self):
         if self.kind not in METRIC_KINDS:

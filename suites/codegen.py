@@ -38,6 +38,23 @@ lenient (opt-in, labelled in every record), in addition
 Generation stops as soon as more text could not change the extraction (a
 closed block, the closing fence, the first top-level line), EOS, or
 max_tokens.
+
+Protocols (`--opt protocol=`): `lm-eval` (the default: the prompts and rules
+above, pass@1) or `omlx` (omlx's accuracy benchmark, harness.suites.omlx: its
+prompts, 2,048 answer tokens, no early stop, its candidates and retries; records
+say which pass_mode passed and whether that was a lenient repair; the summary has
+omlx_pass@1 and omlx_strict_pass@1, never pass@1, so the report cannot put the
+two protocols in one column).
+
+Thinking models (`--opt thinking=auto|on|off`, enable_thinking for the chat
+template): generation goes through harness.runtime.thinking.generate_budgeted
+(harness.runtime.generate underneath, batched): up to `thinking_budget` tokens of
+thinking (4096; omlx 8192), then `max_tokens` answer tokens counted from
+`</think>`; the code is extracted from the answer only (a draft inside the
+thinking never counts). Every record carries thinking_tokens, answer_tokens,
+thinking/answer_budget_hit and generation-health flags (health_loop, _empty,
+_bad_unicode, _language_switch, _budget_hit, _any: harness.runtime.health),
+summarized as health_*_rate with Wilson CIs and gated by default.
 """
 
 import ast
@@ -46,13 +63,20 @@ import os
 import re
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, Iterator, Optional
 
 from harness.errors import HarnessError
 from harness.options import option
 from harness.options import parse_options as parse_plugin_options
 from harness.stats import wilson_ci
 from harness.suite import MetricSpec, Suite
+from harness.suites.codegen_generate import (  # noqa: F401 (re-exported: the code suites' generation)
+    encode_prompt,
+    generate_checked,
+    generate_completions,
+    run_omlx_items,
+    wants_chat_template,
+)
 
 MODES = ("strict", "lenient")
 PYTHON_TAGS = {"", "python", "py", "python3"}
@@ -179,97 +203,30 @@ def extraction_complete(text: str, prompt: Optional[str] = None, mode: str = "st
     return len(_body_lines(lines[:-1], helpers=mode == "lenient")) < len(lines) - 1
 
 
-# ---------------------------------------------------------------- generation
-
-
-def wants_chat_template(option: str, tokenizer) -> bool:
-    """option auto|on|off -> whether prompts go through the chat template."""
-    has = bool(getattr(tokenizer, "has_chat_template", False) or getattr(tokenizer, "chat_template", None))
-    if option == "on" and not has:
-        raise HarnessError("chat_template=on but this tokenizer has no chat template; use chat_template=off")
-    return option == "on" or (option == "auto" and has)
-
-
-def encode_prompt(tokenizer, prompt: str, chat: bool) -> List[int]:
-    if chat:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-        )
-        return list(tokenizer.encode(text, add_special_tokens=False))
-    bos = getattr(tokenizer, "bos_token", None)
-    return list(tokenizer.encode(prompt, add_special_tokens=bos is None or not prompt.startswith(bos)))
-
-
-def generate_completions(
-    model,
-    tokenizer,
-    prompts: List[str],
-    max_tokens: int = 512,
-    use_chat_template: bool = False,
-    stop: Optional[Callable[[int, str], bool]] = None,
-    batch_size: int = 8,
-    progress: bool = False,
-) -> List[str]:
-    """Greedy completions, batched with mlx-lm's BatchGenerator (continuous
-    batching, up to batch_size sequences at once).
-
-    stop(i, text) is checked after every token of prompt i; once True the
-    sequence ends (the text keeps what triggered it: extraction trims). EOS is
-    never part of the text. Batched greedy decoding can differ from one-at-a-time
-    decoding in rare near-ties (padding changes the float summation order);
-    batch_size=1 is exactly mlx_lm.generate's greedy output.
-    """
-    from mlx_lm.generate import BatchGenerator
-    from tqdm import tqdm
-
-    if not prompts:
-        return []
-    tokens = [encode_prompt(tokenizer, p, use_chat_template) for p in prompts]
-    gen = BatchGenerator(
-        model,
-        stop_tokens=[[t] for t in tokenizer.eos_token_ids],
-        completion_batch_size=batch_size,
-        prefill_batch_size=min(batch_size, 8),
-    )
-    uids = gen.insert(tokens, [max_tokens] * len(prompts))
-    index = dict(zip(uids, range(len(prompts))))
-    generated = {uid: [] for uid in uids}
-    active = set(uids)
-    bar = tqdm(total=len(prompts), desc="generate", disable=not progress)
-    try:
-        while active and (responses := gen.next_generated()):
-            finished = []
-            for r in responses:
-                if r.uid not in active:
-                    continue
-                if r.finish_reason != "stop":  # "stop" = EOS, not part of the text
-                    generated[r.uid].append(r.token)
-                if r.finish_reason is not None:
-                    active.discard(r.uid)
-                    bar.update(1)
-                elif stop is not None and stop(index[r.uid], tokenizer.decode(generated[r.uid])):
-                    finished.append(r.uid)
-            if finished:
-                gen.remove(finished)
-                active.difference_update(finished)
-                bar.update(len(finished))
-    finally:
-        gen.close()
-        bar.close()
-    return [tokenizer.decode(generated[uid]) for uid in uids]
-
-
 # ---------------------------------------------------------------- suite plumbing
+
+
+PROTOCOLS = ("lm-eval", "omlx")
+DEFAULT_MAX_TOKENS = {"lm-eval": 512, "omlx": 2048}  # omlx: humaneval/mbpp get_max_tokens
 
 
 @dataclass(frozen=True)
 class CodeOptions:
     """--opt keys of the code suites (humaneval, mbpp)."""
 
+    protocol: str = option("lm-eval", choices=PROTOCOLS,
+                           help="lm-eval (prompts, strict extraction, pass@1) or omlx (omlx's accuracy "
+                                "benchmark: its prompts, 2,048 answer tokens, lenient repair labelled)")
     chat_template: str = option("auto", choices=("auto", "on", "off"),
                                 help="prompts through the tokenizer's chat template")
-    extraction: str = option("strict", choices=MODES, help="code extraction rules")
-    max_tokens: int = option(512, min=1, help="tokens generated per problem")
+    extraction: str = option("strict", choices=MODES, help="code extraction rules (lm-eval protocol)")
+    max_tokens: Optional[int] = option(None, min=1, help="answer tokens per problem (default 512 lm-eval, "
+                                                         "2048 omlx)")
+    thinking: str = option("auto", choices=("auto", "on", "off"),
+                           help="enable_thinking for the chat template (auto: the template's default)")
+    thinking_budget: Optional[int] = option(None, min=0, help="tokens a thinking model may think before its "
+                                                             "answer budget starts (default 4096 lm-eval, "
+                                                             "8192 omlx); 0 = no thinking phase")
     batch_size: int = option(8, min=1, help="sequences decoded together")
     workers: int = option(0, min=0, help="parallel sandbox processes; 0 = cpu count")
     timeout: float = option(10.0, help="seconds per program (wall clock), > 0")
@@ -280,9 +237,28 @@ class CodeOptions:
     allow_unsafe: bool = option(False, help="run model-written code even where the OS gives the "
                                             "sandbox no isolation (rlimits + in-process guard only)")
 
+    def __post_init__(self):
+        # resolve the protocol's budgets here, so results record the numbers actually used
+        if self.max_tokens is None:
+            object.__setattr__(self, "max_tokens", DEFAULT_MAX_TOKENS.get(self.protocol, 512))
+        if self.thinking_budget is None:
+            from harness.runtime.thinking import DEFAULT_PLAN
+
+            budget = THINKING_BUDGET_OMLX if self.protocol == "omlx" else DEFAULT_PLAN.thinking
+            object.__setattr__(self, "thinking_budget", budget)
+
     def validate(self):
         if not self.timeout > 0:
             raise HarnessError(f"code suite option timeout={self.timeout!r} is out of range; use a positive number")
+
+    @property
+    def plan(self):
+        from harness.runtime.thinking import BudgetPlan
+
+        return BudgetPlan(thinking=self.thinking_budget, answer=self.max_tokens)
+
+
+THINKING_BUDGET_OMLX = 8192  # omlx base.resolve_max_tokens(2048, thinking) = clamp(2048, 8192, 32768)
 
 
 def parse_options(options, suite: str) -> CodeOptions:
@@ -321,8 +297,11 @@ def run_code_items(
     """Generate, extract and judge, `batch_size` items at a time; yields a record per item.
 
     build_prompt(item, chat) -> prompt text; build_program(item, code, chat) -> the
-    candidate program; judge_spec(item) -> the trusted tests (JudgeSpec)."""
+    candidate program; judge_spec(item) -> the trusted tests (JudgeSpec). The code is
+    extracted from the answer (thinking removed, `thinking.raw_answer`); every record
+    carries thinking/answer tokens, budget flags and generation-health flags."""
     from harness.runtime.sandbox import judge_many, level_of
+    from harness.runtime.thinking import raw_answer
 
     from tqdm import tqdm
 
@@ -334,25 +313,24 @@ def run_code_items(
         prompts = [build_prompt(it, chat) for it in chunk]
         continued = [None if chat else p for p in prompts]  # what extraction sees as the prompt
 
-        def stop(i, text):
-            return extraction_complete(text, continued[i], opts.extraction)
+        def stop(i, answer):
+            return extraction_complete(answer, continued[i], opts.extraction)
 
-        completions = generate_completions(
-            ctx.model, ctx.tokenizer, prompts, opts.max_tokens, chat, stop, opts.batch_size,
-            progress=False,
-        )
-        extractions = [extract_code(c, p, opts.extraction) for c, p in zip(completions, continued)]
+        generated = generate_checked(ctx, opts, prompts, prompts, chat, stop)
+        answers = [raw_answer(g.text, g.split) for g, _ in generated]
+        extractions = [extract_code(a, p, opts.extraction) for a, p in zip(answers, continued)]
         programs = [build_program(it, ex.code, chat) for it, ex in zip(chunk, extractions)]
         results = judge_many([(p, judge_spec(it)) for p, it in zip(programs, chunk)], workers=workers,
                              **sandbox_limits(opts))
-        for it, completion, ex, program, res in zip(chunk, completions, extractions, programs, results):
+        for it, (g, fields), ex, program, res in zip(chunk, generated, extractions, programs, results):
             record = {
                 "id": it["id"],
-                "completion": completion,
+                "completion": g.text,
                 "code": ex.code,
                 "extraction": f"{opts.extraction}:{ex.method}",
                 "prompt_format": "chat" if chat else "raw",
                 **verdict_fields(program, res, level_of(res.isolation)),
+                **fields,
             }
             bar.update(1)
             yield record
@@ -374,9 +352,13 @@ def verdict_fields(program: str, res, level: str) -> dict:
     return out
 
 
-def summarize_records(records: list) -> dict:
-    """pass@1 (greedy: one sample per item) with a Wilson 95 % interval, counts,
-    and the isolation level the programs ran under."""
+def summarize_records(records: list, protocol: str = "lm-eval") -> dict:
+    """pass@1 (greedy: one sample per item) with a Wilson 95 % interval, counts, the
+    isolation level the programs ran under, generation health and token means.
+    protocol omlx: omlx_pass@1 (omlx's count, lenient repairs included) and
+    omlx_strict_pass@1 instead of pass@1, so the protocols never share a column."""
+    from harness.runtime import health
+
     n = len(records)
     k = sum(bool(r.get("correct")) for r in records)
 
@@ -387,15 +369,21 @@ def summarize_records(records: list) -> dict:
         return dict(sorted(out.items()))
 
     levels = sorted({r.get("isolation", "unknown") for r in records})
-    return {
-        "pass@1": k / n if n else 0.0,
-        "pass@1_ci95": list(wilson_ci(k, n)),
-        "n": n,
-        "passed": k,
-        "status_counts": counts("status"),
-        "extraction_counts": counts("extraction"),
-        "isolation": levels[0] if len(levels) == 1 else "mixed:" + ",".join(levels),
-    }
+    if protocol == "omlx":
+        strict = sum(bool(r.get("strict_correct")) for r in records)
+        out = {"omlx_pass@1": k / n if n else 0.0, "omlx_pass@1_ci95": list(wilson_ci(k, n)),
+               "omlx_strict_pass@1": strict / n if n else 0.0,
+               "omlx_strict_pass@1_ci95": list(wilson_ci(strict, n)),
+               "n": n, "passed": k, "passed_strict": strict, "passed_lenient_only": k - strict,
+               "pass_mode_counts": counts("pass_mode"), "failure_counts": counts("failure_type")}
+    else:
+        out = {"pass@1": k / n if n else 0.0, "pass@1_ci95": list(wilson_ci(k, n)), "n": n, "passed": k,
+               "status_counts": counts("status"), "extraction_counts": counts("extraction")}
+    out["isolation"] = levels[0] if len(levels) == 1 else "mixed:" + ",".join(levels)
+    from harness.runtime.health import generation_summary
+
+    out.update(generation_summary(records))
+    return out
 
 
 def warn_skipped(suite: str, skipped: dict, where: str) -> int:
@@ -420,13 +408,31 @@ def load_hub_rows(dataset: str, *args, split: str = "test") -> list:
         )
 
 
+def health_specs() -> tuple:
+    """The generation-health metrics every generative suite declares (harness.runtime.health)."""
+    from harness.runtime import health
+
+    return tuple(MetricSpec(**d) for d in health.GENERATION_DECLS)
+
+
 METRICS = (
-    MetricSpec("pass@1", True, "proportion", max_drop=0.02, item_key="correct",
+    MetricSpec("pass@1", True, "proportion", max_drop=0.02, item_key="correct", chance=0.0,
                description="share of problems whose greedy completion passes the tests (judged outside "
                            "the program's process)"),
     MetricSpec("n", None, "info", description="problems scored"),
     MetricSpec("passed", None, "info", description="problems passed"),
-)
+) + health_specs()
+OMLX_METRICS = (
+    MetricSpec("omlx_pass@1", True, "proportion", max_drop=0.02, item_key="correct", chance=0.0,
+               description="omlx protocol: share of problems passed by any of omlx's candidates (lenient "
+                           "indentation / assert repairs included, as omlx counts)"),
+    MetricSpec("omlx_strict_pass@1", True, "proportion", max_drop=0.02, item_key="strict_correct", chance=0.0,
+               description="omlx protocol: share passed without any of omlx's repairs"),
+    MetricSpec("n", None, "info", description="problems scored"),
+    MetricSpec("passed", None, "info", description="problems passed (omlx's count)"),
+    MetricSpec("passed_strict", None, "info", description="problems passed without repairs"),
+    MetricSpec("passed_lenient_only", None, "info", description="problems passed only through a repair"),
+) + health_specs()
 
 
 class CodeSuite(Suite):
@@ -444,6 +450,10 @@ class CodeSuite(Suite):
     Options = CodeOptions
     metrics = METRICS
     load_problems: Callable
+    omlx_messages: Callable  # item -> omlx's chat messages
+    omlx_evaluate: Callable  # (answer, item, run) -> omlx's verdict
+    omlx_strict_script: Optional[Callable] = None  # (answer, item) -> the strict program, when omlx may pass
+    # through a repair before trying it
     build_prompt: Callable
     build_program: Callable
     judge_spec: Callable
@@ -455,29 +465,46 @@ class CodeSuite(Suite):
         opts = parse_options(ctx.options, self.name)
         require_isolation(opts.allow_unsafe, f"{self.name}")  # before any work: refuse without OS layers
         items, _, _ = self.load_problems(opts.source)
+        return self.choose(items, ctx, opts)
+
+    @staticmethod
+    def choose(items: list, ctx, opts: CodeOptions) -> list:
+        """--limit: lm-eval a seeded subset; omlx its own seed-42 sample (deterministic_sample)."""
+        if opts.protocol == "omlx":
+            from harness.suites.omlx import deterministic_sample
+
+            return deterministic_sample(items, ctx.limit or 0) if ctx.limit is not None else list(items)
         return subset(items, ctx.limit, ctx.seed)
 
     def run(self, ctx, items: list) -> Iterator[dict]:
         opts = parse_options(ctx.options, self.name)
+        if opts.protocol == "omlx":
+            yield from run_omlx_items(ctx, items, opts, type(self).omlx_messages, type(self).omlx_evaluate,
+                                      type(self).omlx_strict_script, self.name)
+            return
         yield from run_code_items(ctx, items, opts, self.build_prompt, self.build_program, self.name,
                                   self.judge_spec)
 
     def summarize(self, ctx, records: list) -> dict:
-        return summarize_records(records)
+        return summarize_records(records, parse_options(ctx.options, self.name).protocol)
+
+    def metric_specs(self, ctx) -> tuple:
+        return OMLX_METRICS if parse_options(ctx.options, self.name).protocol == "omlx" else METRICS
 
     def data_info(self, ctx) -> dict:
         from harness.runtime.sandbox import isolation, isolation_level
 
         opts = parse_options(ctx.options, self.name)
         items, skipped, label = self.load_problems(opts.source)
-        chosen = subset(items, ctx.limit, ctx.seed)
+        chosen = self.choose(items, ctx, opts)
         return {
+            "protocol": opts.protocol,
             "source": label,
             "sha256": self.items_sha256(chosen),
             "n_items": len(chosen),
             "skipped_rows": skipped,
             "prompt_format": "chat" if wants_chat_template(opts.chat_template, ctx.tokenizer) else "raw",
-            "extraction": opts.extraction,
+            "extraction": "omlx (lenient repairs labelled per item)" if opts.protocol == "omlx" else opts.extraction,
             "sandbox": isolation(),
             "isolation": isolation_level(),
         }

@@ -14,8 +14,16 @@ separate judge process: the prompt (for its helpers), the test, then
 candidate and gets plain data back (harness/runtime/sandbox.py). Extraction
 rules: suites/codegen.py.
 
-Options (--opt key=value): chat_template (auto|on|off), extraction
-(strict|lenient), max_tokens (512), batch_size (8), workers (cpu count),
+Protocol omlx (`--opt protocol=omlx`): omlx's accuracy-benchmark prompt ("Return only
+the missing indented function body"), 2,048 answer tokens, no early stop, its
+candidates (raw completion, fence-stripped, indentation repairs, standalone
+function) with the tests in the program's process; `omlx_pass@1` is omlx's count,
+`omlx_strict_pass@1` counts only the plain completion (prompt + answer). --limit N
+takes omlx's seed-42 sample (the card used the full set).
+
+Options (--opt key=value): protocol (lm-eval|omlx), chat_template (auto|on|off),
+extraction (strict|lenient), max_tokens (512; omlx 2048: answer tokens), thinking
+(auto|on|off), thinking_budget (4096; omlx 8192), batch_size (8), workers (cpu count),
 timeout (10 s per program), memory_mb (1024), source (auto|offline|hub),
 disk_mb (64), allow_unsafe (false: refuse where the OS gives no isolation).
 """
@@ -28,6 +36,7 @@ from functools import lru_cache
 from harness.suites.codegen import CodeSuite, load_hub_rows, warn_skipped
 from harness.errors import HarnessError
 from harness.runtime.sandbox import JudgeSpec
+from harness.suites import omlx
 
 HUB_DATASET = "openai_humaneval"
 EXPECTED_ROWS = 164
@@ -128,6 +137,15 @@ def items_sha256(items: list) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+def omlx_messages(item: dict) -> list:
+    return omlx.humaneval_messages(item["prompt"])
+
+
+def omlx_strict_script(answer: str, item: dict) -> str:
+    """The plain HumanEval program omlx calls "canonical_raw": prompt + the answer as returned."""
+    return omlx.humaneval_script(item["prompt"] + answer, item["test"], item["entry_point"])
+
+
 class HumanEvalSuite(CodeSuite):
     name = "humaneval"
     description = "HumanEval (164 problems), greedy pass@1, programs executed in a sandbox"
@@ -136,6 +154,9 @@ class HumanEvalSuite(CodeSuite):
     build_program = staticmethod(build_program)
     judge_spec = staticmethod(judge_spec)
     items_sha256 = staticmethod(items_sha256)
+    omlx_messages = staticmethod(omlx_messages)
+    omlx_evaluate = staticmethod(omlx.humaneval_evaluate)
+    omlx_strict_script = staticmethod(omlx_strict_script)
 
 
 def canonical_programs(source: str = "offline") -> list:

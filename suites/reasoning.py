@@ -13,7 +13,21 @@ mlx_lm.server or omlx; reasoning_judge.py) grades each question's free-form
 mixes into `score`.
 
 Generation is greedy, through the tokenizer's chat template when it has one,
-and stops at the first complete FINAL ANSWER line. The summary stores numbers
+and stops at the first complete FINAL ANSWER line.
+
+Thinking models (`--opt thinking=auto|on|off`, passed to the chat template as
+enable_thinking; auto keeps the template's default): the model may think for
+`thinking_budget` tokens (default 4096), then its answer gets `max_tokens` tokens
+of its own (default 1024), counted from `</think>`; when the thinking budget runs
+out the block is closed for it and the answer still gets its budget
+(harness.runtime.thinking). The defaults suit a thinking model such as
+MiniMax-M2 or Qwen3 (omlx uses 8k-32k for thinking; a 512-token cap truncated
+MiniMax's thinking into an empty answer); a model that does not think only ever
+uses the answer budget. The rubric grades the answer with the thinking removed
+(a draft "FINAL ANSWER" inside the thinking never counts). Each record carries
+thinking/answer tokens, whether a budget was hit, and generation-health flags
+(loop, empty, bad Unicode, language switch: harness.runtime.health), summarized
+as health_*_rate with Wilson CIs. The summary stores numbers
 only; `render_summary` (the suite's `render`) turns it into the Grader | Score |
 Grade table and the failed-criteria table that `harness run` prints.
 """
@@ -25,6 +39,7 @@ from typing import Iterator, Optional
 from tabulate import tabulate
 
 from harness.errors import HarnessError
+from harness.runtime import health
 from harness.options import option
 from harness.stats import bootstrap_ci, wilson_ci
 from harness.suite import MetricSpec, Suite, SuiteContext
@@ -40,7 +55,11 @@ CATEGORIES = ("debugging", "algorithms", "security", "concurrency", "system_desi
 
 @dataclass(frozen=True)
 class Options:
-    max_tokens: int = option(512, min=1, help="tokens generated per answer at most")
+    max_tokens: int = option(1024, min=1, help="answer tokens at most (after any thinking)")
+    thinking: str = option("auto", choices=("auto", "on", "off"),
+                           help="enable_thinking for the chat template (auto: the template's default)")
+    thinking_budget: int = option(4096, min=0, help="tokens a thinking model may think before its answer "
+                                                    "budget starts (0: no thinking phase)")
     batch_size: int = option(8, min=1, help="sequences decoded together (~3.5x the tokens/s of one on CPU); "
                                             "1 = mlx_lm.stream_generate one prompt at a time")
     stop_on_repeat: bool = option(True, help="stop a generation stuck in a token loop")
@@ -65,7 +84,7 @@ def _metrics() -> tuple:
     counts = [MetricSpec(f"failed_{s}", False, "count", description=f"failed {s} criteria, all questions")
               for s in SEVERITIES]
     return (
-        MetricSpec("score", True, "points", max_drop=5.0, item_key="score",
+        MetricSpec("score", True, "points", max_drop=5.0, item_key="score", chance=0.0,
                    description="rubric points per question, averaged, /100"),
         MetricSpec("accuracy", True, "proportion", item_key="correct", description="questions with full points"),
         *(_category_metric(c) for c in CATEGORIES),
@@ -75,6 +94,7 @@ def _metrics() -> tuple:
         MetricSpec("n", None, "count", description="questions graded"),
         MetricSpec("judge_n", None, "count", description="questions the judge graded"),
         MetricSpec("judge_errors", None, "count", description="unparseable judge replies"),
+        *(MetricSpec(**d) for d in health.GENERATION_DECLS),
     )
 
 
@@ -123,6 +143,7 @@ def summarize_records(records: list, categories: Optional[list] = None) -> dict:
         out["judge_score_ci95"] = [round(100 * x, 2) for x in bootstrap_ci(jf)]
         out["judge_grade"] = grade_band(out["judge_score"])
         out["judge_n"] = len(judged)
+    out.update(health.generation_summary(records))
     out["issues"] = [
         {"id": r["id"], "category": r["category"], "points": r["points"], "max_points": r["max_points"],
          "failed": [{k: f[k] for k in ("criterion", "severity", "detail")} for f in r["failed"]]}
@@ -210,33 +231,37 @@ def looping(tokens: list, min_copies: int = 4, min_span: int = 64, max_period: i
 
 
 def generate_answers(
-    model, tokenizer, prompts: list, max_tokens: int, batch_size: int = 1, stop_on_repeat: bool = True
-) -> Iterator[tuple]:
-    """Greedy answers, (index, text, n_tokens, stop) per prompt as each finishes.
+    model, tokenizer, prompts: list, max_tokens: int, batch_size: int = 1, stop_on_repeat: bool = True,
+    thinking: str = "auto", thinking_budget: int = 0,
+) -> Iterator:
+    """Greedy answers: a BudgetedGeneration per prompt (harness.runtime.thinking) as each finishes.
 
-    Prompts go through the tokenizer's chat template when it has one
-    (harness.runtime.prompt); harness.runtime.generate decodes them (batch_size 1:
-    mlx_lm.stream_generate one at a time; more: that many in flight). stop is
-    "eos", "max_tokens", "final_answer" (the text is cut after the first complete
-    FINAL ANSWER line, as the prompt asks the model to stop there) or
-    "repetition" (see `looping`).
+    Prompts go through the tokenizer's chat template when it has one (thinking on/off
+    passed as enable_thinking); harness.runtime.generate decodes them (batch_size 1:
+    mlx_lm.stream_generate one at a time; more: that many in flight). The answer
+    stops after its first complete FINAL ANSWER line ("final_answer"; thinking never
+    triggers it), or at "repetition" (see `looping`; thinking included), EOS, or a budget.
     """
-    from harness.runtime.generate import generate_iter
     from harness.runtime.prompt import encode_prompt, wants_chat
+    from harness.runtime.thinking import BudgetPlan, generate_budgeted_iter
 
     chat = wants_chat("auto", tokenizer)
-    ids = [encode_prompt(tokenizer, p, chat=chat) for p in prompts]
+    enable = None if thinking == "auto" or not chat else thinking == "on"
+    ids = [encode_prompt(tokenizer, p, chat=chat, enable_thinking=enable) for p in prompts]
 
-    def stop(i, tokens, text):
+    def stop(i, answer):
         # a FINAL ANSWER line is complete once a newline follows it
-        if "\n" in tokenizer.decode(tokens[-1:]) and truncate_after_final(text) != text:
-            return "final_answer"
-        if stop_on_repeat and len(tokens) % 8 == 0 and looping(tokens):
-            return "repetition"
-        return None
+        return "final_answer" if truncate_after_final(answer) != answer else None
 
-    for g in generate_iter(model, tokenizer, ids, max_tokens=max_tokens, batch_size=batch_size, stop=stop):
-        yield g.index, truncate_after_final(g.text), len(g.tokens), "max_tokens" if g.stop == "length" else g.stop
+    def loop_stop(tokens):
+        return stop_on_repeat and len(tokens) % 8 == 0 and looping(tokens)
+
+    plan = BudgetPlan(thinking=thinking_budget, answer=max_tokens)
+    return generate_budgeted_iter(model, tokenizer, ids, plan=plan, thinking=thinking != "off", stop=stop,
+                             batch_size=batch_size, loop_stop=loop_stop)
+
+
+STOPS = {"length": "max_tokens", "answer_budget": "max_tokens"}  # record names of earlier versions
 
 
 # ----------------------------------------------------------------------------
@@ -278,11 +303,14 @@ class ReasoningSuite(Suite):
         bar = tqdm(total=len(questions), desc="reasoning", file=sys.stderr, disable=not ctx.progress)
         answers = generate_answers(
             ctx.model, ctx.tokenizer, [q.prompt for q in questions], opts.max_tokens, opts.batch_size,
-            opts.stop_on_repeat,
+            opts.stop_on_repeat, opts.thinking, opts.thinking_budget,
         )
-        for i, text, n_tokens, stop in answers:
-            q = questions[i]
+        for g in answers:
+            q = questions[g.index]
+            text = truncate_after_final(g.split.answer)  # graded without the thinking
             grade = grade_answer(q, text)
+            flags = health.health_flags(g.split.answer, prompt=q.prompt, tokens=g.tokens,
+                                        budget_hit=g.split.budget_hit)
             record = {
                 "id": q.id,
                 "category": q.category,
@@ -299,9 +327,13 @@ class ReasoningSuite(Suite):
                      "points": r.points, "max_points": r.max_points}
                     for r in grade.results
                 ],
-                "generated_tokens": n_tokens,
-                "stop": stop,
+                "generated_tokens": len(g.tokens),
+                "stop": STOPS.get(g.stop, g.stop),
+                **g.split.record(),
+                **flags,
             }
+            if g.split.has_thinking:
+                record["thinking"] = g.split.thinking
             if judge is not None:
                 record.update(judge.grade(q, text))
                 if record.get("judge_points") is not None and record["judge_max_points"]:

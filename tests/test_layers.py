@@ -123,9 +123,10 @@ def test_no_import_cycles():
 
 
 def _plugin(name: str) -> str:
-    """The plugin a module belongs to: the reasoning suite's helpers (`reasoning_rubric`, ...) are part of it."""
+    """The plugin a module belongs to: the reasoning suite's helpers (`reasoning_rubric`, ...) are part of it,
+    codegen_* modules of the code-suite base."""
     top = name.split(".")[0]
-    return "reasoning" if top.startswith("reasoning_") else top
+    return "reasoning" if top.startswith("reasoning_") else "codegen" if top.startswith("codegen_") else top
 
 
 def test_plugins_do_not_import_each_other():

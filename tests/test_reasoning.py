@@ -891,7 +891,9 @@ def test_options_and_metrics_declared():
     suite = ReasoningSuite()
     defaults = Options()
     assert (defaults.max_tokens, defaults.batch_size, defaults.stop_on_repeat, defaults.judge,
-            defaults.judge_model, defaults.judge_timeout) == (512, 8, True, None, "default_model", 120)
+            defaults.judge_model, defaults.judge_timeout) == (1024, 8, True, None, "default_model", 120)
+    # budgets in the thousands suit a thinking model (documented in the suite's docstring)
+    assert (defaults.thinking, defaults.thinking_budget) == ("auto", 4096)
     # the runner hands over parsed options; direct callers may pass a dict (the same rule parses it)
     parsed = parse_options(Options, {"max_tokens": "64", "judge": "http://x:1"}, "reasoning")
     ctx = SuiteContext(model=None, tokenizer=None, artifact=Path("."), exec_mode="simulated",

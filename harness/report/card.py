@@ -13,9 +13,11 @@ from harness.report.compare import EQUAL_BPW, compare_metric, delta_text, recipe
 from harness.report.metrics import ALPHA, p_eq
 from harness.report.render import Doc, Table
 from harness.stats import MIN_BOOTSTRAP_N
-from harness.report.tables import (DEDICATED, benchmark_metrics, benchmark_section, diffs_vs_float,
+from harness.report.floor import floor_effects
+from harness.report.tables import (DEDICATED, GENERATION_KEYS, benchmark_metrics, benchmark_section, diffs_vs_float,
                                    embedded_tables, fidelity_metrics, fidelity_section, generic_section,
-                                   quantization_section, reasoning_section, speed_section)
+                                   health_section, is_health_metric, quantization_section, reasoning_section,
+                                   speed_section)
 
 
 def _equal_size_notes(recipes: list, by_suite: dict, metrics_of: Callable, tol: float = EQUAL_BPW) -> list:
@@ -101,6 +103,23 @@ def notes(results: list, recipes: list, by_suite: dict, diffs: dict, metrics_of:
                      "(same outputs as the quantized kernels up to float rounding); speed is always measured "
                      "with native quantized kernels.")
     return lines
+
+
+def floor_lines(per_recipe: dict, reference: str = "float") -> list:
+    """The floor-effect lines (harness.report.floor) of a suite's reference result."""
+    ref = per_recipe.get(reference)
+    return floor_effects(ref) if ref is not None else []
+
+
+def health_notes(health_diffs: dict) -> list:
+    """One line per recipe whose generation health is significantly worse than the reference's."""
+    worse: dict = {}
+    for (suite, metric, name), d in sorted(health_diffs.items()):
+        if d.significant() and (d.worse_by or 0) > 0:
+            flag = metric[len("health_"):-len("_rate")].replace("_", " ")
+            worse.setdefault(name, []).append(f"{suite} {flag} {delta_text(d)} ({p_eq(d.p)})")
+    return [f"**{name}** generates less healthily than float — " + ", ".join(parts) + "."
+            for name, parts in worse.items()]
 
 
 def _isolation(r) -> str:
@@ -205,6 +224,12 @@ def build_doc(results: list, model_card: bool = False, plot_files: Optional[dict
         benchmark_section(doc, by_suite, recipes, diffs, level)
         if "reasoning" in by_suite:
             reasoning_section(doc, by_suite["reasoning"], recipes, diffs, level, full=not model_card)
+        floors = [line for suite in by_suite for line in floor_lines(by_suite[suite])]
+        if floors:  # say it before anyone reads a bare 0/100 as a verdict
+            doc.p("**Can these suites rank recipes on this model?** Not where the reference scores at the floor "
+                  "or at chance:")
+            doc.bullets(floors)
+        health_diffs = health_section(doc, by_suite, recipes, level)
         if "fidelity" in by_suite:
             fidelity_section(doc, by_suite["fidelity"], recipes, diffs, level)
         if "speed" in by_suite and not speed_section(doc, by_suite["speed"], recipes, level):
@@ -213,7 +238,9 @@ def build_doc(results: list, model_card: bool = False, plot_files: Optional[dict
             if model_card:
                 continue  # the card keeps to the headline tables
             if suite not in DEDICATED:
-                generic_section(doc, suite, per_recipe, recipes, set(benchmark_metrics(per_recipe)) | {"n"}, level)
+                shown = {k for r in per_recipe.values() for k in r.summary if is_health_metric(k)}
+                generic_section(doc, suite, per_recipe, recipes,
+                                set(benchmark_metrics(per_recipe)) | {"n"} | shown | set(GENERATION_KEYS), level)
             # the suite's own tables, except those our sections already show (reasoning/speed "table")
             embedded_tables(doc, suite, per_recipe, recipes, skip=("table",) if suite in ("reasoning", "speed") else ())
         model_plots = (plot_files or {}).get(model, [])
@@ -222,7 +249,7 @@ def build_doc(results: list, model_card: bool = False, plot_files: Optional[dict
         for path, alt in model_plots:
             doc.img(_relative(path, link_base), alt)
         doc.h(level, "Notes")
-        doc.bullets(notes(rs, recipes, by_suite, diffs, metrics_of) or ["No caveats."])
+        doc.bullets(notes(rs, recipes, by_suite, diffs, metrics_of) + health_notes(health_diffs) or ["No caveats."])
         provenance_section(doc, rs, level, recipes)
     return doc
 

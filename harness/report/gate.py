@@ -12,6 +12,11 @@ statistically significant at ALPHA = 0.05 (fixed; two-sided):
   A drop no test can be run on is shown as "untestable", warned about, and
   does not fail the gate.
 
+A metric whose baseline scores at the floor or at chance (harness.report.floor:
+its 95 % CI includes the chance level its suite declared, or it is near 0) is not
+gated: the row says "not gated (floor)" and a note says why. Generation-health
+rates (health_*_rate, lower is better) are gated by default: +0.05 absolute.
+
 Drops are direction-aware (drop = baseline - current when higher is better).
 Thresholds: `--max-drop acc=0.03` (absolute, in the metric's units: fractions
 are 0..1, reasoning score is 0..100), `--max-drop ppl=5%` (relative to the
@@ -50,6 +55,7 @@ from tabulate import tabulate
 
 from harness.errors import HarnessError
 from harness.report.compare import Diff, compare_metric, latest_by_key, load_results, settings_difference
+from harness.report.floor import floor_effect
 from harness.report.metrics import ALPHA, fmt_value, info_of, metric_label, p_eq, p_text, scalar_metrics
 from harness.results import SuiteResult
 
@@ -171,6 +177,7 @@ class GateRow:
     threshold: Threshold
     limit: float  # allowed drop in metric units
     verdict: str
+    note: str = ""  # why a metric was not gated (the floor-effect line)
 
     @property
     def failed(self) -> bool:
@@ -189,6 +196,7 @@ def _verdict(diff: Diff, limit: float, alpha: float) -> str:
 
 
 TOO_FEW = "too few items to tell"
+NOT_GATED = "not gated (floor)"
 
 
 def check_settings(pairs: list) -> None:
@@ -240,6 +248,10 @@ def gate(pairs: list, thresholds: list, alpha: float = ALPHA) -> list:
                 continue
             used.add(t.spec)
             limit = t.limit(diff.base)
+            floor = floor_effect(b, metric)  # the baseline cannot rank recipes here: noise, not a verdict
+            if floor:
+                rows.append(GateRow(c.recipe, b.suite, diff, t, limit, NOT_GATED, floor))
+                continue
             rows.append(GateRow(c.recipe, b.suite, diff, t, limit, _verdict(diff, limit, alpha)))
     unused = [t.spec for t in thresholds if t.spec not in used]
     if unused:
@@ -336,6 +348,8 @@ def gate_cli(args) -> int:
         return 0
     print(gate_table(rows))
     print(f"\nfails when drop > max drop AND p < {ALPHA} (two-sided; fractions in points, 'pts').")
+    for r in report.with_verdict(NOT_GATED):
+        print(f"note: {r.note}")
     untested = report.with_verdict("untestable")
     if untested:
         print("warning: drops beyond the threshold without per-item data or CIs to test them: "
@@ -349,7 +363,8 @@ def gate_cli(args) -> int:
             f"{r.diff.n} pairs reaches p < {ALPHA})" for r in report.with_verdict(TOO_FEW))
             + "; gate more items (a larger --limit on both sides)", file=sys.stderr)
     else:
-        print(f"gate passed: {len(rows)} metric(s) checked, no significant drop beyond its threshold")
+        gated = len(rows) - len(report.with_verdict(NOT_GATED))
+        print(f"gate passed: {gated} metric(s) checked, no significant drop beyond its threshold")
     return report.exit_code
 
 

@@ -136,14 +136,83 @@ def diffs_vs_float(by_suite: dict, recipes: list, metrics_of: Callable) -> dict:
     return out
 
 
+HEALTH_PREFIX = "health_"  # harness.runtime.health's summary keys: their own section
+GENERATION_KEYS = ("thinking_tokens_mean", "answer_tokens_mean", "thinking_items")
+
+
+def is_health_metric(name: str) -> bool:
+    return name.startswith(HEALTH_PREFIX) or name in GENERATION_KEYS
+
+
 def benchmark_metrics(per_recipe: dict) -> list:
-    """Metrics of a suite with a CI in any recipe's summary (accuracy-like), in summary order."""
+    """Metrics of a suite with a CI in any recipe's summary (accuracy-like), in summary order
+    (generation-health rates excluded: `health_section` shows them)."""
     names = []
     for r in per_recipe.values():
         for k in r.summary:
-            if k.endswith("_ci95") and _is_number(r.summary.get(k[:-5])) and k[:-5] not in names:
-                names.append(k[:-5])
+            name = k[:-5]
+            if k.endswith("_ci95") and _is_number(r.summary.get(name)) and name not in names \
+                    and not is_health_metric(name):
+                names.append(name)
     return names
+
+
+HEALTH_FLAGS = ("any", "loop", "budget_hit", "empty", "bad_unicode", "language_switch")
+
+
+def health_metrics(per_recipe: dict) -> list:
+    """The health rate metrics any recipe's summary has, in HEALTH_FLAGS order."""
+    keys = set()
+    for r in per_recipe.values():
+        keys |= {k for k in r.summary if _is_number(r.summary.get(k))}
+    return [f"{HEALTH_PREFIX}{f}_rate" for f in HEALTH_FLAGS if f"{HEALTH_PREFIX}{f}_rate" in keys]
+
+
+def _health_suffix(d: Optional[Diff]) -> str:
+    if d is None:
+        return ""
+    if d.settings:
+        return " (other settings)"
+    parts = []
+    if d.lost is not None:
+        parts.append(f"+{d.lost} new, {d.gained} gone")
+    if d.p is not None:
+        parts.append(("*" if d.significant() else "n.s.") + f" p={d.p:.2g}")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def health_section(doc: Doc, by_suite: dict, recipes: list, level: int, reference: str = "float") -> dict:
+    """Generation health: per suite and flag, each recipe's rate ± CI, and against the
+    reference the items newly flagged / no longer flagged with the exact McNemar p.
+    Returns {(suite, metric, recipe): Diff} (for the notes)."""
+    rows, diffs = [], {}
+    for suite, per_recipe in by_suite.items():
+        metrics = health_metrics(per_recipe)
+        ref = per_recipe.get(reference)
+        for metric in metrics:
+            info = info_of(next(r for r in per_recipe.values() if metric in r.summary), metric)
+            cells = []
+            for name in recipes:
+                r = per_recipe.get(name)
+                if r is None or not _is_number(r.summary.get(metric)):
+                    cells.append("-")
+                    continue
+                d = compare_metric(metric, ref, r) if ref is not None and name != reference else None
+                if d is not None:
+                    diffs[(suite, metric, name)] = d
+                cells.append(fmt_ci(r.summary[metric], ci95(r.summary, metric), info) + _health_suffix(d))
+            flag = metric[len(HEALTH_PREFIX):-len("_rate")]
+            rows.append([suite, flag.replace("_", " "), *cells])
+    if not rows:
+        return diffs
+    doc.h(level, "Generation health")
+    doc.table(Table(["Suite", "Flag (%)", *recipes], rows,
+                    "Share of outputs flagged (lower is better) ± half-width of the Wilson 95 % CI: budget hit = ran "
+                    "into its token budget, loop = ends in a repeated n-gram, empty = no answer after thinking, "
+                    "bad unicode = U+FFFD / invalid UTF-8, language switch = answer in another script, any = at "
+                    f"least one. Against {reference}: +a new, b gone = items flagged only in this recipe / only in "
+                    f"{reference}; exact McNemar p, * = significant at p < 0.05. Gated by default (+5 points)."))
+    return diffs
 
 
 _FLIP_LEGEND = ("a↓ b↑: items float got right that this recipe gets wrong / the reverse; "

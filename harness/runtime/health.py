@@ -55,6 +55,18 @@ METRIC_DECLS = tuple(
 )
 
 
+# Everything `generation_summary` adds to a summary (the rates above plus bookkeeping).
+GENERATION_DECLS = METRIC_DECLS + (
+    {"name": PREFIX + "n", "higher_is_better": None, "kind": "count", "description": "outputs health-checked"},
+    {"name": "thinking_tokens_mean", "higher_is_better": None, "kind": "info",
+     "description": "tokens spent thinking per item (mean)"},
+    {"name": "answer_tokens_mean", "higher_is_better": None, "kind": "info",
+     "description": "answer tokens per item (mean, thinking excluded)"},
+    {"name": "thinking_items", "higher_is_better": None, "kind": "count",
+     "description": "items where the model thought (a think block)"},
+)
+
+
 @dataclass(frozen=True)
 class HealthConfig:
     min_repeats: int = 3  # a loop unit repeated at least this many times ...
@@ -181,6 +193,20 @@ def summarize_health(records: Iterable[dict]) -> dict:
         k = sum(bool(_flag(r, flag)) for r in records)
         out[f"{PREFIX}{flag}_rate"] = k / n if n else 0.0
         out[f"{PREFIX}{flag}_rate_ci95"] = list(wilson_ci(k, n))
+    return out
+
+
+def generation_summary(records: Iterable[dict]) -> dict:
+    """summarize_health plus mean thinking / answer tokens and the items that thought, over
+    the records that carry health flags ({} when none do: results of older versions)."""
+    flagged = [r for r in records if PREFIX + "any" in r]
+    if not flagged:
+        return {}
+    out = summarize_health(flagged)
+    for key in ("thinking_tokens", "answer_tokens"):
+        values = [r.get(key) or 0 for r in flagged]
+        out[f"{key}_mean"] = sum(values) / len(values)
+    out["thinking_items"] = sum(bool(r.get("has_thinking")) for r in flagged)
     return out
 
 

@@ -240,23 +240,139 @@ def generate_two_phase(generate: GenerateFn, prompt: str, plan: BudgetPlan = DEF
 
 
 def mlx_generate_fn(model, tokenizer) -> GenerateFn:
-    """A greedy GenerateFn over mlx-lm's stream_generate (stops after a stop string or EOS)."""
-    from mlx_lm import stream_generate
-    from mlx_lm.sample_utils import make_sampler
-
-    sampler = make_sampler(temp=0.0)
+    """A greedy GenerateFn over harness.runtime.generate (one prompt at a time: exactly
+    mlx_lm.stream_generate's tokens); stops right after a stop string, at EOS or max_tokens."""
+    from harness.runtime.generate import generate as run_generate
 
     def generate(prompt: str, max_tokens: int, stop: tuple) -> Generation:
-        text, n, hit = "", 0, False
         ids = encode_plain(tokenizer, prompt)  # a templated prompt already holds its special tokens
-        for resp in stream_generate(model, tokenizer, ids, max_tokens=max_tokens, sampler=sampler):
-            text += resp.text
-            n = resp.generation_tokens
-            if stop and any(s in text for s in stop):
-                cut = min(text.find(s) + len(s) for s in stop if s in text)
-                return Generation(text[:cut], n, False)
-            if resp.finish_reason is not None:
-                hit = resp.finish_reason == "length"
-        return Generation(text, n, hit)
+
+        def on_token(_i, _tokens, text):
+            return "stop_string" if stop and any(s in text for s in stop) else None
+
+        (g,) = run_generate(model, tokenizer, [ids], max_tokens=max_tokens, batch_size=1, stop=on_token)
+        if g.stop == "stop_string":
+            cut = min(g.text.find(s) + len(s) for s in stop if s in g.text)
+            return Generation(g.text[:cut], len(g.tokens), False)
+        return Generation(g.text, len(g.tokens), g.stop == "length")
 
     return generate
+
+
+# ---------------------------------------------------------------- batched budgets (the suites' path)
+
+
+def raw_answer(text: str, split: ThinkingSplit) -> str:
+    """The answer as generated (not stripped): the whole text without thinking, else the text
+    after the last </think>. Code graders need it: stripping would eat a body's indentation."""
+    if not split.has_thinking:
+        return text
+    if not split.closed:
+        return ""
+    return text[text.rfind(CLOSE) + len(CLOSE):].lstrip("\n")
+
+
+@dataclass
+class BudgetedGeneration:
+    """One prompt's output under a BudgetPlan (generate_budgeted)."""
+
+    index: int
+    text: str  # everything generated (FORCE_CLOSE inserted where the thinking budget ran out)
+    tokens: list  # every generated id (FORCE_CLOSE's ids included)
+    split: ThinkingSplit  # thinking / answer, token counts, budget flags
+    stop: str  # why generation ended: eos | length | answer_budget | the caller's stop label
+
+
+def generate_budgeted(model, tokenizer, prompts: list, **kwargs) -> list:
+    """`generate_budgeted_iter`, collected in prompt order."""
+    out = {g.index: g for g in generate_budgeted_iter(model, tokenizer, prompts, **kwargs)}
+    return [out[i] for i in range(len(out))]
+
+
+def generate_budgeted_iter(model, tokenizer, prompts: list, *, plan: BudgetPlan = DEFAULT_PLAN,
+                           thinking: bool = True, stop: Optional[Callable[[int, str], object]] = None,
+                           batch_size: int = 8, decode: Optional[Callable[[list], str]] = None,
+                           progress: bool = False, loop_stop: Optional[Callable[[list], bool]] = None):
+    """Batched greedy generation under a thinking budget and an answer budget, through
+    harness.runtime.generate (the one generation loop): the same budgets as
+    `generate_two_phase`, without giving up batching.
+
+    prompts: token-id lists (harness.runtime.prompt.encode_prompt). Phase 1 runs every prompt
+    with a stop rule that tracks where each sequence is: inside a think block (opened by the
+    model, or by the template at the end of the prompt) it may spend plan.thinking tokens;
+    once outside (closed, or never opened) the answer may spend plan.answer tokens counted
+    from the (last) close tag; thinking_tokens = tokens up to it. Sequences that ran out of thinking get FORCE_CLOSE appended and a
+    second batched phase of plan.answer tokens. thinking=False: the answer budget only (a
+    block opened anyway is still split off). stop(i, answer) -> a truthy label (answer:
+    `raw_answer`) ends a sequence once its answer is complete (e.g. a closed code block); it
+    never sees thinking.
+    decode(tokens) -> text replaces the streaming text (code suites keep tokenizer.decode).
+    loop_stop(tokens) -> True ends a sequence stuck in a loop, thinking or not ("repetition").
+    Yields a BudgetedGeneration per prompt as each finishes (any order: suites append
+    records as they go, so a killed run resumes)."""
+    from harness.runtime.generate import generate_iter
+
+    prompts = [list(p) for p in prompts]
+    if not prompts:
+        return
+    think = thinking and plan.thinking > 0
+    opened = [think and template_opens_thinking(tokenizer.decode(p[-16:])) for p in prompts]
+    close_at: dict = {}  # index -> tokens generated when the (last) think block closed
+    closes_seen: dict = {}
+
+    def text_of(tokens, streamed):
+        return decode(tokens) if decode is not None else streamed
+
+    def phase1_stop(i, tokens, streamed):
+        if loop_stop is not None and loop_stop(tokens):
+            return "repetition"
+        text = text_of(tokens, streamed)
+        split = split_thinking(text, opened=opened[i] or None)
+        if split.has_thinking and not split.closed:
+            return "thinking_budget" if think and len(tokens) >= plan.thinking else None
+        if split.has_thinking:
+            closes = text.count(CLOSE)  # interleaved blocks: the answer budget restarts at the last close
+            if closes_seen.get(i) != closes:
+                closes_seen[i], close_at[i] = closes, len(tokens)
+        start = close_at.get(i, 0)
+        if len(tokens) - start >= plan.answer:
+            return "answer_budget"
+        answer = raw_answer(text, split)
+        return stop(i, answer) if stop is not None and answer.strip() else None
+
+    total = plan.thinking + plan.answer if think else plan.answer
+    first, resume = {}, []
+    for g in generate_iter(model, tokenizer, prompts, max_tokens=total, batch_size=batch_size,
+                           stop=phase1_stop, progress=progress, desc="generate"):
+        i = g.index
+        first[i] = g
+        text = text_of(g.tokens, g.text)
+        if g.stop == "thinking_budget":
+            resume.append(i)
+            continue
+        split = split_thinking(text, opened=opened[i] or None)
+        inside = split.has_thinking and not split.closed
+        t = close_at.get(i, len(g.tokens)) if split.has_thinking else 0
+        split.thinking_tokens, split.answer_tokens = t, len(g.tokens) - t
+        split.thinking_budget_hit = g.stop == "length" and inside
+        split.answer_budget_hit = g.stop in ("answer_budget", "length") and not inside
+        yield BudgetedGeneration(i, text, list(g.tokens), split, g.stop)
+    if resume:
+        close_ids = encode_plain(tokenizer, FORCE_CLOSE)
+        heads = {i: list(first[i].tokens) + close_ids for i in resume}
+
+        def phase2_stop(j, tokens, streamed):
+            if loop_stop is not None and loop_stop(tokens):
+                return "repetition"
+            answer = text_of(tokens, streamed)
+            return stop(resume[j], answer) if stop is not None and answer.strip() else None
+
+        second = generate_iter(model, tokenizer, [prompts[i] + heads[i] for i in resume], max_tokens=plan.answer,
+                               batch_size=batch_size, stop=phase2_stop, desc="answer")
+        for g in second:
+            i = resume[g.index]
+            text = text_of(first[i].tokens, first[i].text) + FORCE_CLOSE + text_of(g.tokens, g.text)
+            split = split_thinking(text, opened=opened[i] or None)
+            split.thinking_tokens, split.answer_tokens = len(first[i].tokens), len(g.tokens)
+            split.thinking_budget_hit, split.answer_budget_hit = True, g.stop == "length"
+            yield BudgetedGeneration(i, text, heads[i] + list(g.tokens), split, g.stop)
