@@ -106,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--judge", help="OpenAI-compatible endpoint used as an extra grader "
                                    "(shortcut for --opt reasoning.judge=URL)")
     p.add_argument("--fresh", action="store_true", help="discard stored items and start over")
+    p.add_argument("--reference", default="float",
+                   help="recipe every comparison, flip count and gate is against (default float; uniform8 when "
+                        "the float model is too large to generate with; none: no comparison)")
     # several ranks (harness/distributed.py; README "Several machines")
     p.add_argument("--launch", type=int, metavar="N",
                    help="run as N ranks on this machine through mlx.launch (ring backend on localhost)")
@@ -268,7 +271,15 @@ def cmd_run(args) -> int:
     from harness.run import RunOptions, run_cli
 
     check_out_dir(Path(args.out), "--out")
-    return run_cli(RunOptions.from_args(args, _recipe_options(args)))
+    opts = RunOptions.from_args(args, _recipe_options(args))
+
+    def vs_reference(results):
+        from harness.report.vs_reference import reference_comparison
+        from harness.sources import model_slug
+
+        return reference_comparison(results, opts.reference, opts.out, model_slug(opts.model))
+
+    return run_cli(opts, epilogue=vs_reference)
 
 
 def cmd_report(args) -> int:

@@ -37,6 +37,9 @@ class RunOptions:
     progress: bool = True
     fresh: bool = False
     memory_budget: Optional[float] = None  # GB for weights; None: 0.6 x RAM (harness.runtime.streamed)
+    # what every comparison, flip count and gate is against: a recipe (default float; `uniform8` when the
+    # float model is too large to generate with) or "none"; it is evaluated on the scored suites too (cached)
+    reference: str = "float"
     # several ranks (harness/distributed.py): --launch N, --shard tensor|pipeline, --distribute
     launch: Optional[int] = None
     shard: Optional[str] = None
@@ -59,6 +62,7 @@ class RunOptions:
                    exec_mode=args.exec_mode, out=Path(args.out), options=options,
                    recipe_options=recipe_options, progress=not args.no_progress, fresh=args.fresh,
                    memory_budget=budget,
+                   reference=getattr(args, "reference", None) or "float",
                    launch=getattr(args, "launch", None), shard=getattr(args, "shard", None),
                    distribute=getattr(args, "distribute", None) or "auto", argv=getattr(args, "argv", None))
 
@@ -89,7 +93,8 @@ def options_dict(options) -> dict:
 
 
 class _Reference:
-    """Lazily loaded float reference, shared by every suite of a run."""
+    """Lazily built and loaded reference (the float model unless --reference says otherwise),
+    shared by every suite of a run."""
 
     def __init__(self, opts: RunOptions):
         self.opts = opts
@@ -99,16 +104,36 @@ class _Reference:
     def path(self) -> Path:
         if self._built is None:
             self._built = distributed.build_once(distributed.session(), lambda: build(BuildOptions(
-                model=self.opts.model, recipe="float", seed=self.opts.seed, progress=self.opts.progress),
-                log=lambda m: None))
+                model=self.opts.model, recipe=reference_recipe(self.opts), seed=self.opts.seed,
+                progress=self.opts.progress), log=lambda m: None))
         return self._built.path
 
     def __call__(self):
         if self._loaded is None:
-            # float: modes coincide
-            model, tokenizer = distributed.load_artifact(distributed.session(), self.path(), "native")
+            # float: modes coincide; a quantized reference (uniform8) runs like any artifact
+            mode = "native" if reference_recipe(self.opts) == "float" else resolve_exec_mode(self.opts.exec_mode)
+            model, tokenizer = distributed.load_artifact(distributed.session(), self.path(), mode)
             self._loaded = (model, tokenizer)
         return self._loaded
+
+
+def reference_recipe(opts: RunOptions) -> str:
+    """The recipe the reference model is built with (logit suites need one even with --reference none)."""
+    return "float" if opts.reference in (None, "none") else opts.reference
+
+
+def scored_against_reference(suite) -> bool:
+    """Suites whose reference result is worth storing beside the recipes' (scores, flips): not the
+    ones that measure against the reference model itself (fidelity, unicode) or time it (speed)."""
+    return not getattr(suite, "needs_reference", False) and getattr(suite, "exec_mode", None) != "native"
+
+
+def run_recipes(opts: RunOptions, suites: list) -> list:
+    """[(recipe, suite)] jobs in order: the reference first (so recipes pair against it), then each recipe."""
+    jobs = []
+    if opts.reference not in (None, "none") and opts.reference not in opts.recipes:
+        jobs += [(opts.reference, s) for s in suites if scored_against_reference(s)]
+    return jobs + [(r, s) for r in opts.recipes for s in suites]
 
 
 def run(opts: RunOptions, log=print) -> list:
@@ -121,7 +146,8 @@ def run(opts: RunOptions, log=print) -> list:
         log = lambda m: None  # noqa: E731 - rank 0 speaks for the run
     else:
         clean_leftovers(opts.out)
-    mine = distributed.plan_jobs(dist, [(r, s.name) for r in opts.recipes for s in suites], opts.distribute)
+    jobs = run_recipes(opts, suites)
+    mine = distributed.plan_jobs(dist, [(r, s.name) for r, s in jobs], opts.distribute)
     reference = _Reference(opts)
     if dist.distribute == "jobs":
         distributed.check_shared_out(dist, opts.out)
@@ -129,15 +155,18 @@ def run(opts: RunOptions, log=print) -> list:
             reference.path()  # built once, before the ranks go separate ways
     slug = model_slug(opts.model)
     written = []
-    for recipe in opts.recipes:
+    wanted = {(r, s.name) for r, s in jobs}
+    for recipe in dict.fromkeys(r for r, _ in jobs):
+        # recipe flags (--group-size, --target-bpw ...) are for the recipes under test, not an added reference
+        recipe_options = opts.recipe_options if recipe in opts.recipes else {}
         built = distributed.build_once(dist, lambda: build(BuildOptions(
             model=opts.model, recipe=recipe, seed=opts.seed, progress=opts.progress,
-            recipe_options=opts.recipe_options), log=log))
+            recipe_options=recipe_options), log=log))
         recipe_name = built.plan.recipe
         loaded = {}
         for suite, options in zip(suites, parsed):
-            if (recipe, suite.name) not in mine:
-                continue  # another rank's job
+            if (recipe, suite.name) not in wanted or (recipe, suite.name) not in mine:
+                continue  # not a job of this run, or another rank's job
             mode = resolve_exec_mode(getattr(suite, "exec_mode", None) or opts.exec_mode)
             placement = _placement(suite, built.path, mode, opts.memory_budget)
             if (mode, placement) not in loaded:
@@ -260,7 +289,7 @@ def run_suite(suite, ctx: SuiteContext, built, opts: RunOptions, recipe_name: st
                                  memory_budget_gb=_budget_gb(opts.memory_budget),
                                  placement="streamed" if ctx.model is None else "resident",
                                  options=options, suite_version=version, data=data_info,
-                                 seconds=round(time.time() - t0, 2)),
+                                 reference=opts.reference or "none", seconds=round(time.time() - t0, 2)),
         "items_file": items_path.name,
     }
     if dist.active:
@@ -279,10 +308,12 @@ def _budget_gb(budget) -> float:
 
 
 def _paired_vs_float(records, opts, slug, suite_name, recipe_name) -> Optional[dict]:
-    """Flips and a paired test against the float reference, when both have per-item correctness."""
-    if recipe_name == "float" or not records or "correct" not in records[0]:
+    """Flips and a paired test against the reference (--reference, default float), when both
+    have per-item correctness."""
+    ref_name = opts.reference if opts.reference not in (None, "none") else None
+    if ref_name is None or recipe_name == ref_name or not records or "correct" not in records[0]:
         return None
-    ref_path = result_dir(opts.out, slug, "float") / f"{suite_name}.json"
+    ref_path = result_dir(opts.out, slug, ref_name) / f"{suite_name}.json"
     if not ref_path.is_file():
         return None
     try:
@@ -291,7 +322,7 @@ def _paired_vs_float(records, opts, slug, suite_name, recipe_name) -> Optional[d
         return None
     ref = read_items(ref_path)
     out = compare_paired(ref, records)
-    return {"vs": "float", **out} if out else None
+    return {"vs": ref_name, **out} if out else None
 
 
 def summary_rows(results: list) -> list:
@@ -314,7 +345,9 @@ def summary_rows(results: list) -> list:
     return rows
 
 
-def run_cli(opts: RunOptions) -> int:
+def run_cli(opts: RunOptions, epilogue=None) -> int:
+    """`harness run`: run, print the summary table and each suite's tables; `epilogue(results)`
+    (from the CLI: the comparison with the reference, rendered by the report stage) is printed last."""
     if opts.launch:  # the local shortcut: this command as N ranks through mlx.launch
         return distributed.launch(opts.launch, opts.argv)
     results = run(opts, log=lambda m: print(m, file=sys.stderr))
@@ -326,6 +359,9 @@ def run_cli(opts: RunOptions) -> int:
         text = rendered_tables(r)
         if text:
             print(f"\n{r['recipe']} / {r['suite']}:\n{text}")
+    extra = epilogue(results) if epilogue is not None else ""
+    if extra:
+        print(f"\n{extra}")
     print(f"\nresults written to {opts.out}/{model_slug(opts.model)}/")
     distributed.report_done(distributed.session())
     return 0

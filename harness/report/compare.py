@@ -107,7 +107,8 @@ def settings_difference(base: SuiteResult, cur: SuiteResult) -> Optional[str]:
     A setting missing on either side (older results) is not compared."""
     bp, cp = base.provenance, cur.provenance
     diffs = []
-    for key, label in (("limit", "--limit"), ("seed", "seed"), ("suite_version", "suite version")):
+    for key, label in (("limit", "--limit"), ("seed", "seed"), ("suite_version", "suite version"),
+                       ("reference", "--reference")):
         if key in bp and key in cp and bp[key] != cp[key]:
             diffs.append(f"{label} {_short(bp[key])} vs {_short(cp[key])}")
     bo, co = bp.get("options"), cp.get("options")
