@@ -115,9 +115,10 @@ def test_run_writes_schema_and_summary(fake_suite, tmp_path, capsys):
     assert res["artifact"]["bpw"] == pytest.approx(4.5)
     assert "paired" in res and res["paired"]["vs"] == "float"  # float ran first: flips are computed
     assert res["metrics"] == [{"name": "acc", "higher_is_better": True, "kind": "proportion", "max_drop": 0.02,
-                               "relative": False, "item_key": "correct", "description": ""},
+                               "relative": False, "item_key": "correct", "description": "", "chance": None},
                               {"name": "n", "higher_is_better": None, "kind": "count", "max_drop": None,
-                               "relative": False, "item_key": None, "description": ""}]
+                               "relative": False, "item_key": None, "description": "", "chance": None}]
+    assert res["provenance"]["reference"] == "float"
     assert res["provenance"]["options"] == {"sleep": 0.0, "shots": 0}  # every field, defaults included
 
 
@@ -277,3 +278,26 @@ def test_simulated_equals_native(model, recipe, options):
     a, b = native(tokens), simulated(tokens)
     scale = mx.abs(a).max().item()
     assert mx.abs(a - b).max().item() <= 1e-4 * scale
+
+
+def test_reference_is_evaluated_and_compared(fake_suite, tmp_path, capsys):
+    """--reference (default float) is run on scored suites even when not listed, flips pair against it,
+    and the run prints each recipe beside it; --reference uniform8 makes uniform8 the reference."""
+    out = tmp_path / "res"
+    code = main(["run", "--recipe", "uniform4", "--suite", "counting", "--model", "synthetic:llama",
+                 "--out", str(out), "--no-progress", "--limit", "6"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert (out / "synthetic-llama" / "float" / "counting.json").is_file()  # the reference ran too
+    res = read_result(out / "synthetic-llama" / "uniform4" / "counting.json")
+    assert res["paired"]["vs"] == "float"
+    assert "vs the reference (float)" in printed
+    code = main(["run", "--recipe", "uniform4", "--suite", "counting", "--model", "synthetic:llama",
+                 "--out", str(out), "--no-progress", "--limit", "6", "--reference", "uniform8"])
+    assert code == 0
+    res = read_result(out / "synthetic-llama" / "uniform4" / "counting.json")
+    assert res["paired"]["vs"] == "uniform8" and res["provenance"]["reference"] == "uniform8"
+    assert (out / "synthetic-llama" / "uniform8" / "counting.json").is_file()
+    code = main(["run", "--recipe", "uniform4", "--suite", "counting", "--model", "synthetic:llama",
+                 "--out", str(tmp_path / "none"), "--no-progress", "--limit", "6", "--reference", "none"])
+    assert code == 0 and not (tmp_path / "none" / "synthetic-llama" / "float").exists()

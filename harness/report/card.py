@@ -194,6 +194,15 @@ def compared_metrics(suite: str, per_recipe: dict) -> list:
     return benchmark_metrics(per_recipe)
 
 
+def reference_of(results: list) -> str:
+    """The reference the runs were compared against (`harness run --reference`, recorded in each
+    result's provenance): the most common one among results that name one present here, else float."""
+    present = {r.recipe for r in results}
+    named = [r.provenance.get("reference") for r in results if isinstance(r.provenance, dict)]
+    named = [n for n in named if n and n != "none" and n in present]
+    return max(set(named), key=named.count) if named else "float"
+
+
 def build_doc(results: list, model_card: bool = False, plot_files: Optional[dict] = None,
               link_base: Optional[Path] = None) -> Doc:
     """The report as blocks. plot_files: {model: [(path, alt)]} to embed."""
@@ -215,21 +224,24 @@ def build_doc(results: list, model_card: bool = False, plot_files: Optional[dict
         if titled:
             doc.h(level, f"Model: `{model}`")
             level += 1
+        reference = reference_of(rs)
         doc.p(("Recipes " if titled else f"Model `{model}`; recipes ") + ", ".join(f"**{n}**" for n in recipes)
-              + " (float = the unquantized reference; columns ordered by size).")
+              + (" (float = the unquantized reference; columns ordered by size)." if reference == "float" else
+                 f" (float = the unquantized model; comparisons are against the reference **{reference}**, "
+                 "chosen with `harness run --reference`; columns ordered by size)."))
         quantization_section(doc, rs, recipes, level)
 
         metrics_of = lambda suite: compared_metrics(suite, by_suite[suite])  # noqa: E731
-        diffs = diffs_vs_float(by_suite, recipes, metrics_of)
+        diffs = diffs_vs_float(by_suite, recipes, metrics_of, reference)
         benchmark_section(doc, by_suite, recipes, diffs, level)
         if "reasoning" in by_suite:
             reasoning_section(doc, by_suite["reasoning"], recipes, diffs, level, full=not model_card)
-        floors = [line for suite in by_suite for line in floor_lines(by_suite[suite])]
+        floors = [line for suite in by_suite for line in floor_lines(by_suite[suite], reference)]
         if floors:  # say it before anyone reads a bare 0/100 as a verdict
             doc.p("**Can these suites rank recipes on this model?** Not where the reference scores at the floor "
                   "or at chance:")
             doc.bullets(floors)
-        health_diffs = health_section(doc, by_suite, recipes, level)
+        health_diffs = health_section(doc, by_suite, recipes, level, reference)
         if "fidelity" in by_suite:
             fidelity_section(doc, by_suite["fidelity"], recipes, diffs, level)
         if "speed" in by_suite and not speed_section(doc, by_suite["speed"], recipes, level):

@@ -119,17 +119,18 @@ def _vs_float_suffix(d: Optional[Diff]) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
-def diffs_vs_float(by_suite: dict, recipes: list, metrics_of: Callable) -> dict:
-    """{(suite, metric, recipe): Diff vs the float result of that suite}."""
+def diffs_vs_float(by_suite: dict, recipes: list, metrics_of: Callable, reference: str = "float") -> dict:
+    """{(suite, metric, recipe): Diff vs the reference's result of that suite (float unless
+    the runs chose another with --reference)}."""
     out = {}
     for suite, per_recipe in by_suite.items():
-        ref = per_recipe.get("float")
+        ref = per_recipe.get(reference)
         if ref is None:
             continue
         for metric in metrics_of(suite):
             for name in recipes:
                 r = per_recipe.get(name)
-                if r is not None and name != "float":
+                if r is not None and name != reference:
                     d = compare_metric(metric, ref, r)
                     if d is not None:
                         out[(suite, metric, name)] = d
