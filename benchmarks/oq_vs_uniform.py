@@ -93,7 +93,7 @@ def main() -> int:
     from mlx_lm.utils import load_config, load_tokenizer
     from tabulate import tabulate
 
-    from harness.build import BuildOptions, build, read_provenance
+    from harness.builder import BuildOptions, build, read_provenance
     from harness.data.calibration import DEFAULT_FILE
     from harness.data.corpus import CorpusSpec, load_texts, load_windows
     from harness.runtime.execution import load_artifact

@@ -49,7 +49,7 @@ def main() -> int:
     args = ap.parse_args()
     ensure_openblas()
 
-    from harness.build import BuildOptions, build
+    from harness.builder import BuildOptions, build
     from harness.runtime.execution import load_artifact
 
     artifact = build(BuildOptions(model=args.model, recipe=args.recipe, progress=False), log=lambda m: None).path

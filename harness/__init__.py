@@ -25,14 +25,14 @@ __version__ = "0.1.0"
 _API = {
     "HarnessError": "harness.errors:HarnessError",
     "resolve_model": "harness.sources:resolve_model",
-    "BuildOptions": "harness.build:BuildOptions",
-    "BuildResult": "harness.build:BuildResult",
-    "build": "harness.build:build",
+    "BuildOptions": "harness.builder:BuildOptions",
+    "BuildResult": "harness.builder:BuildResult",
+    "build": "harness.builder:build",
     "Plan": "harness.plan:Plan",
     "Recipe": "harness.recipe:Recipe",
     "Suite": "harness.suite:Suite",
     "MetricSpec": "harness.suite:MetricSpec",
-    "RunOptions": "harness.run:RunOptions",
+    "RunOptions": "harness.runner:RunOptions",
     "SuiteResult": "harness.results:SuiteResult",
     "load_results": "harness.report.compare:load_results",
     "CompareOptions": "harness.report.gate:CompareOptions",
@@ -48,7 +48,7 @@ __all__ = sorted([*_API, "make_plan", "run"])
 
 def make_plan(opts):
     """`harness plan`: the Plan a recipe makes for opts.model (BuildOptions); nothing is built."""
-    from harness.build import make_plan as _make_plan
+    from harness.builder import make_plan as _make_plan
 
     return _make_plan(opts)[0]
 
@@ -57,7 +57,7 @@ def run(opts, log=None):
     """`harness run`: build or reuse each recipe's artifact, run each suite, store and return the results."""
     import sys
 
-    from harness.run import run as _run
+    from harness.runner import run as _run
 
     return _run(opts, log=log or (lambda message: print(message, file=sys.stderr)))
 

@@ -210,14 +210,14 @@ def _show_default(value) -> str:
 
 
 def _build_options(args, recipe, **kw):
-    from harness.build import BuildOptions
+    from harness.builder import BuildOptions
 
     return BuildOptions(model=args.model, recipe=recipe, recipe_options=_recipe_options(args), seed=args.seed,
                         progress=not args.no_progress, **kw)
 
 
 def cmd_plan(args) -> int:
-    from harness.build import make_plan
+    from harness.builder import make_plan
     from harness.cache import atomic_write_text
     from harness.plan import diff_plans
     from harness.report.plan_view import plan_summary, plan_table
@@ -248,7 +248,7 @@ def cmd_plan(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from harness.build import build
+    from harness.builder import build
     from harness.report.plan_view import plan_summary
 
     if args.out:
@@ -256,7 +256,7 @@ def cmd_build(args) -> int:
     res = build(_build_options(args, args.recipe, out=Path(args.out) if args.out else None,
                                plan_file=args.plan, force=args.force),
                 log=lambda m: print(m, file=sys.stderr))
-    from harness.build import read_provenance
+    from harness.builder import read_provenance
 
     print(plan_summary(res.plan), file=sys.stderr)
     measured = read_provenance(res.path).get("bpw_mlx")
@@ -268,7 +268,7 @@ def cmd_build(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from harness.run import RunOptions, run_cli
+    from harness.runner import RunOptions, run_cli
 
     check_out_dir(Path(args.out), "--out")
     opts = RunOptions.from_args(args, _recipe_options(args))

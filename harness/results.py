@@ -164,7 +164,7 @@ class Artifact:
 
     @classmethod
     def from_provenance(cls, prov: dict, **more) -> "Artifact":
-        """From an artifact's provenance.json (harness.build.read_provenance)."""
+        """From an artifact's provenance.json (harness.builder.read_provenance)."""
         return cls(key=prov.get("artifact_key"), recipe_params=prov.get("recipe_params"),
                    plan_sha256=prov.get("plan_sha256"), bpw=prov.get("bpw"), bpw_mlx=prov.get("bpw_mlx"),
                    dtype=prov.get("dtype"), source_fingerprint=prov.get("source_fingerprint"), **more)

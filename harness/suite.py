@@ -1,7 +1,7 @@
 """The suite contract: what an evaluation suite is, and the metrics it declares.
 
 A suite turns a loaded model into per-item records and a summary. The runner
-(harness/run.py) owns loading, exec modes, the results store and resume: it hands
+(harness/runner.py) owns loading, exec modes, the results store and resume: it hands
 the suite the items still missing and appends every record the suite yields as
 soon as it is yielded, so a killed run resumes where it stopped.
 

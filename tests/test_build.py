@@ -7,7 +7,7 @@ from pathlib import Path
 import mlx.core as mx
 import pytest
 
-from harness.build import BuildOptions, build, make_plan
+from harness.builder import BuildOptions, build, make_plan
 from harness.cache import cache_root
 from harness.cli import main
 from harness.errors import HarnessError
@@ -227,7 +227,7 @@ def test_corrupt_model_leaves_nothing(capsys, tmp_path):
 
 
 def test_interrupted_build_leaves_nothing(monkeypatch, tmp_path):
-    import harness.build as b
+    import harness.builder as b
 
     def boom(*a, **k):
         raise KeyboardInterrupt
@@ -290,7 +290,7 @@ def test_streaming_writer_matches_mlx_quantize(tmp_path, monkeypatch):
     import mlx.nn as nn
     from mlx.utils import tree_flatten
 
-    from harness.build import make_plan
+    from harness.builder import make_plan
     from harness.sources import load_float
 
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))

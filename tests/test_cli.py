@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from harness.build import BuildOptions, make_plan
+from harness.builder import BuildOptions, make_plan
 from harness.cli import main
 
 COMMANDS = ("recipes", "suites", "plan", "build", "run", "report", "compare", "gate")

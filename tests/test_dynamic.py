@@ -73,7 +73,7 @@ def test_dynamic_uses_our_calibration_not_the_download(monkeypatch):
 
 
 def test_dynamic_recipe_options_and_build(tmp_path):
-    from harness.build import BuildOptions, build
+    from harness.builder import BuildOptions, build
 
     assert get_recipe("dynamic").target_bpw == 4.6
     p = get_recipe("dynamic", target_bpw=5.6).params

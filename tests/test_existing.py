@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from harness.build import BuildOptions, build, make_plan
+from harness.builder import BuildOptions, build, make_plan
 from harness.errors import HarnessError
 from harness.plan import diff_plans
 from harness.results import read_result

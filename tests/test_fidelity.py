@@ -264,7 +264,7 @@ def test_local_corpus_file_and_errors(loaded, tmp_path):
 
 @pytest.mark.slow
 def test_smollm2_float_ppl_about_20_and_q4_higher(tmp_path):
-    from harness.build import BuildOptions, build
+    from harness.builder import BuildOptions, build
     from harness.runtime.execution import load_artifact
 
     ref = build(BuildOptions(model="smollm2-135m", recipe="float", progress=False), log=lambda m: None).path

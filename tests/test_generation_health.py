@@ -392,7 +392,7 @@ def test_smollm2_uniform2_generates_less_healthily(tmp_path):
     except (ImportError, HarnessError) as e:
         pytest.skip(f"SmolLM2 source not available: {e}")
     from harness.report.gate import GateOptions, run_gate
-    from harness.run import RunOptions, run
+    from harness.runner import RunOptions, run
 
     out = tmp_path / "results"
     run(RunOptions(recipes=["float", "uniform2"], suites=["reasoning"], limit=20, out=out, progress=False,

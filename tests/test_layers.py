@@ -20,12 +20,12 @@ LAYERS = {
     "harness.plan": 3, "harness.recipe": 3,
     "harness.quantizers": 4,
     "harness.recipes": 5,
-    "harness.build": 6,
+    "harness.builder": 6,
     "harness.suite": 7,
     "harness.suites": 8,
     "harness.suites_registry": 9, "harness.score": 9,
     "harness.results": 10,
-    "harness.run": 11, "harness.distributed": 11,
+    "harness.runner": 11, "harness.distributed": 11,
     "harness.report": 12,
     "harness.cli": 13, "harness.__main__": 13, "harness": 13,  # the public API (package __init__)
 }
@@ -150,7 +150,7 @@ def test_low_stages_import_in_isolation(module):
     import sys
 
     code = (f"import sys, {module}; "
-            "later = sorted(m for m in sys.modules if m.startswith(('harness.report', 'harness.run', "
+            "later = sorted(m for m in sys.modules if m.startswith(('harness.report', 'harness.runner', "
             "'harness.cli', 'harness.suites.', 'harness.quantizers.')));"
             "print(','.join(later)); sys.exit(1 if later else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)

@@ -65,7 +65,7 @@ def test_lm_eval_passthrough_matches_direct_scoring(local_task, tmp_path, capsys
     items = {r["id"]: r for r in read_items(path)}
     assert res["n_items"] == len(ROWS) == len(items)
 
-    from harness.build import BuildOptions, build
+    from harness.builder import BuildOptions, build
     from harness.runtime.execution import load_artifact
 
     model, tok, _ = load_artifact(build(BuildOptions(model="synthetic:llama", recipe="uniform4",

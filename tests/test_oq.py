@@ -372,7 +372,7 @@ def test_minimax_build_saves_per_path_overrides(tmp_path):
     """Build oq4 on the seed architecture; read config.json and safetensors, not the plan."""
     import mlx_lm
 
-    from harness.build import BuildOptions, build
+    from harness.builder import BuildOptions, build
 
     res = build(BuildOptions(model="synthetic:minimax", recipe="oq4", recipe_options=dict(SMALL),
                              out=tmp_path / "art", progress=False), log=lambda m: None)
@@ -400,7 +400,7 @@ def test_minimax_build_saves_per_path_overrides(tmp_path):
 
 @pytest.mark.slow
 def test_smollm2_oq4_plan_fast_within_budget_deterministic():
-    from harness.build import BuildOptions, make_plan
+    from harness.builder import BuildOptions, make_plan
     from harness.cache import cache_root
 
     resolve_model("smollm2-135m")  # the one-time GGUF conversion is not part of planning
@@ -483,7 +483,7 @@ def test_killed_pass_resumes_from_the_last_finished_block(llama, tmp_path):
 
 
 def test_sensitivity_on_a_quantized_proxy(llama, tmp_path):
-    from harness.build import BuildOptions, build
+    from harness.builder import BuildOptions, build
 
     proxy = build(BuildOptions(model="synthetic:llama", recipe="uniform4", out=tmp_path / "proxy", progress=False),
                   log=lambda m: None).path

@@ -12,7 +12,7 @@ from pathlib import Path
 import mlx.core as mx
 import pytest
 
-from harness.build import BuildOptions, build
+from harness.builder import BuildOptions, build
 from harness.cli import main
 from harness.errors import HarnessError
 from harness.runtime.execution import load_artifact
@@ -123,7 +123,7 @@ def test_run_writes_schema_and_summary(fake_suite, tmp_path, capsys):
 
 
 def _no_build(monkeypatch):
-    import harness.run as run_mod
+    import harness.runner as run_mod
 
     def fail(*a, **k):
         raise AssertionError("built before the options were checked")
@@ -151,7 +151,7 @@ def test_bad_options_exit_2_before_any_work(fake_suite, tmp_path, capsys, monkey
 
 
 def test_options_route_by_key_and_scope(fake_suite):
-    from harness.run import suite_options
+    from harness.runner import suite_options
     from harness.suites_registry import get_suite
 
     suites = [get_suite("counting"), get_suite("speed"), get_suite("mmlu")]
@@ -176,7 +176,7 @@ def test_legacy_suite_without_options_still_runs(fake_suite, tmp_path):
 
 
 def test_run_prints_tables_rendered_from_data():
-    from harness.run import rendered_tables
+    from harness.runner import rendered_tables
     from harness.suites.speed import summarize_records
 
     rec = {"prompt": "random", "gen_tokens": 8, "trials": [{}], "prompt_tps": 145.04, "prompt_tps_min": 140.0,

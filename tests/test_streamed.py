@@ -45,7 +45,7 @@ def test_activations_spill_to_disk_same_numbers(tiny):
 @pytest.mark.parametrize("mode", ["simulated", "native"])
 def test_streamed_quantized_artifact(mode, tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
-    from harness.build import BuildOptions, build
+    from harness.builder import BuildOptions, build
 
     art = build(BuildOptions(model="synthetic:minimax", recipe="uniform4", progress=False), log=lambda m: None).path
     model, _, _ = load_artifact(art, mode)
@@ -99,7 +99,7 @@ def _fidelity(model, tok, artifact, ref_dir, cache, budget, options):
 
 
 def _compare_paths(model_spec, tmp_path, options):
-    from harness.build import BuildOptions, build
+    from harness.builder import BuildOptions, build
     from harness.sources import resolve_model
 
     ref_dir = resolve_model(model_spec)

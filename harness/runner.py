@@ -12,7 +12,7 @@ from typing import Optional
 from tabulate import tabulate
 
 import harness.distributed as distributed
-from harness.build import BuildOptions, build, read_provenance
+from harness.builder import BuildOptions, build, read_provenance
 from harness.cache import cache_root, sha256_bytes
 from harness.errors import HarnessError
 from harness.options import NoOptions, parse_options, parse_pairs, route_options
