@@ -43,6 +43,8 @@ def test_unknown_command_and_flag_exit_2():
     (["plan", "--recipe", "oq4", "--target-bpw", "nan"], "--target-bpw nan is not a bits-per-weight target"),
     (["plan", "--recipe", "oq4", "--target-bpw", "inf"], "--target-bpw inf is not"),
     (["plan", "--recipe", "oq4", "--calib-samples", "0"], "--calib-samples 0 must be a positive number"),
+    (["plan", "--recipe", "oq4", "--target-bpw", "3.5"], "is not above oq4's base of 4 bits"),
+    (["plan", "--recipe", "oq4", "--target-bpw", "5"], "is above oq4's 4.7 cap"),
     (["plan"], "plan needs --recipe"),
 ])
 def test_bad_recipe_flags_are_refused_before_work(capsys, argv, message):

@@ -33,6 +33,7 @@ Deviations of the default from the public code, and why:
 """
 
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -75,9 +76,14 @@ class OQRecipe(Recipe):
         if self.target_bpw is not None:
             if cap is None:
                 raise HarnessError("oq8 has no bpw budget; drop --target-bpw (or use oq6 / dynamic)")
-            if not 0 < self.target_bpw <= cap:
+            if not math.isfinite(self.target_bpw) or self.target_bpw > cap:
                 raise HarnessError(f"--target-bpw {self.target_bpw} is above oq{self.level}'s {cap} cap; "
                                    f"pick a target <= {cap} or a higher level")
+            # every tensor at base bits (plus group overhead) already costs more than `base`:
+            # a target at or below it cannot be met by raising widths
+            if self.target_bpw <= base:
+                raise HarnessError(f"--target-bpw {self.target_bpw} is not above oq{self.level}'s base of {base} "
+                                   f"bits; pick a target in ({base}, {cap}] or a lower level")
         self.target = self.target_bpw if self.target_bpw is not None else target
         self.cap = cap
         if self.sensitivity is not None and not Path(self.sensitivity).is_file():
