@@ -22,7 +22,18 @@ cais/mmlu through `datasets`. Bad rows are skipped with a count and a warning.
 
 Options (--opt key=value): shots (0..5, default 0), split (test|validation|dev),
 subjects (comma list, default all 57), batch_size (8), batch_tokens (4096),
-chunk_size (128), source (auto|offline|hub), prefix_cache (auto|on|off).
+chunk_size (128), source (auto|offline|hub), prefix_cache (auto|on|off),
+protocol (lm-eval|omlx), thinking (auto|on|off), thinking_budget, answer_budget.
+
+`protocol=omlx` is omlx's accuracy-benchmark MMLU (suites/omlx.py cites its source):
+items = `omlx.stratified_sample` of the split (seed 42, proportional per subject; `--limit N`
+is its n, the card used 300), 5-shot from the subject's first dev rows in one chat-templated
+user turn ending "Answer with just the letter (A, B, C, or D).", greedy generation (answer
+budget 128 tokens as omlx; a thinking model first gets its own thinking budget, omlx's 8192),
+the answer graded after removing the thinking by omlx's first-A-D regex. Its metric is
+`omlx_acc` (never in the same report column as lm-eval's `acc`); each record carries
+thinking/answer tokens, budget hits and generation-health flags (harness.runtime.health).
+The `shots` option does not apply to it (omlx always uses 5).
 """
 
 import hashlib
@@ -37,14 +48,17 @@ import numpy as np
 
 from harness.errors import HarnessError
 from harness.options import option
+from harness.runtime import health, thinking
 from harness.stats import wilson_ci
 from harness.suite import MetricSpec, Suite
+from harness.suites import omlx
 
 LETTERS = ("A", "B", "C", "D")
 HUB_DATASET = "cais/mmlu"
 OFFLINE_SUBDIR = "hf_datasets/hails/mmlu_no_train"
 SPLITS = ("test", "validation", "dev")
 MAX_SHOTS = 5  # the dev split has 5 rows per subject
+OMLX_SHOTS = 5  # omlx/eval/mmlu.py: always 5-shot
 
 SUBJECTS = (
     "abstract_algebra", "anatomy", "astronomy", "business_ethics", "clinical_knowledge",
@@ -84,6 +98,12 @@ class MMLUOptions:
     prefix_cache: str = option("auto", help="prefill a subject's shared few-shot prefix once",
                                choices=("auto", "on", "off"))
     chunk_size: int = option(128, help="long inputs run in chunks of this many tokens (0: whole)", min=0)
+    protocol: str = option("lm-eval", choices=("lm-eval", "omlx"),
+                           help="lm-eval: log-likelihood of A-D; omlx: omlx's generative 5-shot chat protocol")
+    thinking: str = option("auto", choices=thinking.THINKING_MODES,
+                           help="omlx: enable_thinking for the chat template (auto: template default)")
+    thinking_budget: int = option(omlx.THINKING_MIN_TOKENS, min=0, help="omlx: max thinking tokens")
+    answer_budget: int = option(omlx.MAX_TOKENS, min=1, help="omlx: max answer tokens (omlx: 128)")
 
     def __post_init__(self):
         object.__setattr__(self, "subjects", tuple(dict.fromkeys(self.subjects)))  # keep order, drop repeats
@@ -91,8 +111,14 @@ class MMLUOptions:
     def validate(self):
         if not self.subjects:
             raise HarnessError(f"mmlu subjects is empty; use comma-separated names from: {', '.join(SUBJECTS)}")
-        if self.shots and self.split == "dev":
+        if self.shots and self.split == "dev" and self.protocol == "lm-eval":
             raise HarnessError("mmlu few-shot examples come from the dev split; use split=test or split=validation")
+        if self.protocol == "omlx" and self.split == "dev":
+            raise HarnessError("mmlu protocol=omlx takes its 5 shots from the dev split; use split=test")
+
+    @property
+    def n_shots(self) -> int:
+        return OMLX_SHOTS if self.protocol == "omlx" else self.shots
 
 
 # ---------------------------------------------------------------- data
@@ -556,6 +582,67 @@ def score_items(model, tokenizer, items: list, data: MMLUData, opts: MMLUOptions
                 yield make_record(items[row.question], got)
 
 
+# ---------------------------------------------------------------- omlx protocol (generative)
+
+
+def omlx_items(data: MMLUData, split: str, limit: Optional[int]) -> list[dict]:
+    """omlx's sample: stratified_sample(items, n, key="subject") with its seed 42 (limit None: all)."""
+    return omlx.stratified_sample(make_items(data, split), limit or 0, key="subject")
+
+
+def omlx_fewshot(data: MMLUData) -> dict:
+    """{subject: omlx's 5 shots} (the first dev rows of each subject, in file order)."""
+    dev_rows = [{**row, "subject": subject} for subject, rows in data.fewshot.items() for row in rows]
+    return omlx.mmlu_fewshot(dev_rows, OMLX_SHOTS)
+
+
+def omlx_record(item: dict, out: dict) -> dict:
+    """One omlx-protocol record from a health.checked_generation result."""
+    pred = omlx.extract_mmlu_answer(out["answer"])
+    expected = LETTERS[item["answer"]]
+    return {"id": item["id"], "subject": item["subject"], "pred": pred, "answer": expected,
+            "correct": pred == expected, "output": out["text"][-2000:], **out["record"]}
+
+
+def score_omlx(model, tokenizer, items: list, data: MMLUData, opts: MMLUOptions, progress: bool = False,
+               generate=None) -> Iterator[dict]:
+    """Yield one record per item: omlx's prompt, chat template, greedy generation under the
+    thinking then answer budgets, the answer (thinking removed) graded by omlx's extractor.
+
+    generate: a thinking.GenerateFn (default: harness.runtime.generate's greedy generation)."""
+    from tqdm import tqdm
+
+    from harness.runtime.generate import text_generate_fn
+
+    generate = generate or text_generate_fn(model, tokenizer)
+    plan = thinking.BudgetPlan(thinking=opts.thinking_budget, answer=opts.answer_budget)
+    shots = omlx_fewshot(data)
+    for it in tqdm(items, desc="mmlu/omlx", unit="q", disable=not progress):
+        messages = omlx.mmlu_messages(it, it["subject"], shots.get(it["subject"], []))
+        out = health.checked_generation(generate, tokenizer, messages, thinking_mode=opts.thinking, plan=plan)
+        yield omlx_record(it, out)
+
+
+def _per_subject(records: list) -> dict:
+    per_subject: dict = {}
+    for r in records:
+        s = per_subject.setdefault(r["subject"], [0, 0])
+        s[0] += bool(r["correct"])
+        s[1] += 1
+    return {s: {"acc": c / t, "n": t} for s, (c, t) in sorted(per_subject.items())}
+
+
+OMLX_METRICS = (
+    MetricSpec("omlx_acc", True, "proportion", max_drop=0.02, item_key="correct",
+               description="omlx protocol: generative 5-shot chat MMLU, first A-D letter (not comparable with acc)"),
+    MetricSpec("omlx_macro_acc", True, "proportion", description="omlx protocol: mean of per-subject accuracies"),
+    MetricSpec("n", None, "count", description="questions scored"),
+    MetricSpec("skipped_rows", None, "count", description="malformed dataset rows skipped"),
+    MetricSpec("thinking_tokens_mean", None, "mean", description="mean thinking tokens per question"),
+    MetricSpec("answer_tokens_mean", None, "mean", description="mean answer tokens per question"),
+) + tuple(MetricSpec(**d) for d in health.METRIC_DECLS)
+
+
 class MMLUSuite(Suite):
     name = "mmlu"
     description = "MMLU multiple choice, 57 subjects, 0/k-shot, lm-eval's prompt, one forward per question"
@@ -573,26 +660,43 @@ class MMLUSuite(Suite):
 
     def _data(self, ctx) -> tuple:
         opts = self.opts(ctx)
-        return opts, load_data(opts.subjects, opts.split, opts.shots, opts.source)
+        return opts, load_data(opts.subjects, opts.split, opts.n_shots, opts.source)
+
+    def metric_specs(self, ctx) -> tuple:
+        return OMLX_METRICS if self.opts(ctx).protocol == "omlx" else tuple(self.metrics)
 
     def items(self, ctx) -> list:
         opts, data = self._data(ctx)
+        if opts.protocol == "omlx":
+            return omlx_items(data, opts.split, ctx.limit)
         return stratified_subset(make_items(data, opts.split), ctx.limit, ctx.seed)
 
     def run(self, ctx, items: list) -> Iterator[dict]:
         opts, data = self._data(ctx)
-        yield from score_items(ctx.model, ctx.tokenizer, items, data, opts, progress=ctx.progress)
+        if opts.protocol == "omlx":
+            yield from score_omlx(ctx.model, ctx.tokenizer, items, data, opts, progress=ctx.progress)
+        else:
+            yield from score_items(ctx.model, ctx.tokenizer, items, data, opts, progress=ctx.progress)
 
     def summarize(self, ctx, records: list) -> dict:
-        _, data = self._data(ctx)
+        opts, data = self._data(ctx)
         n = len(records)
         k = sum(bool(r["correct"]) for r in records)
-        per_subject: dict = {}
-        for r in records:
-            s = per_subject.setdefault(r["subject"], [0, 0])
-            s[0] += bool(r["correct"])
-            s[1] += 1
-        subject_acc = {s: {"acc": c / t, "n": t} for s, (c, t) in sorted(per_subject.items())}
+        subject_acc = _per_subject(records)
+        if opts.protocol == "omlx":
+            mean = lambda key: float(np.mean([r.get(key) or 0 for r in records])) if n else 0.0  # noqa: E731
+            return {
+                "protocol": "omlx",
+                "omlx_acc": k / n if n else 0.0,
+                "omlx_acc_ci95": list(wilson_ci(k, n)),
+                "n": n,
+                "omlx_macro_acc": float(np.mean([v["acc"] for v in subject_acc.values()])) if subject_acc else 0.0,
+                "per_subject": subject_acc,
+                "skipped_rows": data.skipped,
+                "thinking_tokens_mean": mean("thinking_tokens"),
+                "answer_tokens_mean": mean("answer_tokens"),
+                **health.summarize_health(records),
+            }
         return {
             "acc": k / n if n else 0.0,
             "acc_ci95": list(wilson_ci(k, n)),
@@ -611,6 +715,10 @@ class MMLUSuite(Suite):
             "sha256": rows_sha256(items, {s: data.fewshot[s] for s in {it["subject"] for it in items}}),
             "n_items": len(items),
             "skipped_rows": data.skipped,
-            "shots": opts.shots,
+            "shots": opts.n_shots,
             "split": opts.split,
+            "protocol": opts.protocol,
+            **({"thinking": opts.thinking, "thinking_budget": opts.thinking_budget,
+                "answer_budget": opts.answer_budget, "sample_seed": omlx.SAMPLE_SEED}
+               if opts.protocol == "omlx" else {}),
         }

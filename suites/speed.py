@@ -16,7 +16,17 @@ device name), and whether OpenBLAS is mapped into the process.
 
 Options (--opt key=value): contexts ("1024,4096"), gen_tokens (128),
 trials (3), warmup (1), prompt (random|text|"random,text"),
-prefill_step_size (2048).
+prefill_step_size (2048), depths ("" = none), pp (512).
+
+Two sweeps, two questions:
+* contexts (omlx's pp1024 ... pp131072, the REAP card's "Context | PP | TG"): a prompt of
+  N tokens from an empty cache; PP = N / time to first token, TG = generation after it.
+  A long-context sweep: `--opt contexts=1024,4096,16384,32768`.
+* depths (llama-bench's `-d`, "pp512 @ d4096"): the KV cache first holds d tokens (prefilled,
+  untimed), then a prompt of `pp` tokens is timed (PP at depth d) and `gen_tokens` generated
+  after it (TG at depth d + pp). Off by default (CPU runs stay short):
+  `--opt depths=0,4096,16384,32768`. Summary keys `pp512_tps_d4096`, `tg_tps_d4096`,
+  `peak_memory_gb_d4096`; its table is "Depth | Prefill (pp512) | Generation (TG)".
 """
 
 import json
@@ -51,8 +61,17 @@ class SpeedOptions:
     warmup: int = option(1, help="untimed runs first", min=0)
     prompt: tuple[str, ...] = option(("random",), help="random tokens, BoolQ text, or both", choices=PROMPT_KINDS)
     prefill_step_size: int = option(2048, help="prompt tokens per prefill step (mlx-lm's)", min=1)
+    depths: tuple[int, ...] = option((), help="llama-bench -d: comma list of cached tokens before a pp-token "
+                                     "prompt (empty: no depth sweep)")
+    pp: int = option(512, help="prompt tokens timed at each depth (llama-bench -p)", min=1)
 
     def validate(self):
+        if self.depths and min(self.depths) < 0:
+            raise HarnessError(f"speed option depths={','.join(map(str, self.depths))!r} must be a comma list "
+                               "of integers >= 0, e.g. depths=0,4096,16384")
+        if len(set(self.depths)) != len(self.depths):
+            raise HarnessError(f"speed option depths={','.join(map(str, self.depths))!r} repeats a depth; "
+                               "list each once")
         if not self.contexts or min(self.contexts) < 1:
             raise HarnessError(f"speed option contexts={','.join(map(str, self.contexts))!r} must be a comma list "
                                "of positive integers, e.g. contexts=1024,4096")
@@ -143,6 +162,33 @@ def one_trial(model, tokenizer, prompt: list, gen_tokens: int, prefill_step_size
     }
 
 
+def depth_trial(model, tokenizer, prompt: list, depth: int, gen_tokens: int, prefill_step_size: int) -> dict:
+    """llama-bench's pp@d: prompt[:depth] prefilled into the KV cache (untimed), then one_trial's
+    measurement of prompt[depth:] (PP at depth) and gen_tokens after it."""
+    from mlx_lm.generate import stream_generate
+    from mlx_lm.models.cache import make_prompt_cache
+
+    cache = make_prompt_cache(model)
+    for start in range(0, depth, prefill_step_size):
+        model(mx.array([prompt[start:min(start + prefill_step_size, depth)]]), cache=cache)
+        mx.eval([c.state for c in cache])
+    mx.reset_peak_memory()
+    tic = time.perf_counter()
+    response = None
+    for response in stream_generate(model, tokenizer, prompt[depth:], max_tokens=gen_tokens,
+                                    prefill_step_size=prefill_step_size, prompt_cache=cache):
+        pass
+    return {
+        "depth": depth,
+        "prompt_tokens": response.prompt_tokens,
+        "prompt_tps": response.prompt_tps,
+        "generation_tokens": response.generation_tokens,
+        "generation_tps": response.generation_tps,
+        "peak_memory_gb": response.peak_memory,
+        "total_time": time.perf_counter() - tic,
+    }
+
+
 def _median_spread(values: list) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
@@ -167,6 +213,16 @@ class SpeedSuite(Suite):
         for it in self.items(ctx):
             kind, n = it["prompt"], it["context"]
             prefix = "" if kind == "random" else f"{kind}_"
+            if "depth" in it:
+                d, pp = it["depth"], it["pp"]
+                out += [
+                    MetricSpec(f"{prefix}pp{pp}_tps_d{d}", True, "speed",
+                               description=f"prefill tok/s of {pp} tokens at depth {d} ({kind} prompt)"),
+                    MetricSpec(f"{prefix}tg_tps_d{d}", True, "speed",
+                               description=f"generation tok/s after {d}+{pp} tokens"),
+                    MetricSpec(f"{prefix}peak_memory_gb_d{d}", False, "mean", description="peak memory (GB)"),
+                ]
+                continue
             out += [
                 MetricSpec(f"{prefix}pp_tps_{n}", True, "speed", description=f"prefill tok/s, {n}-token {kind} prompt"),
                 MetricSpec(f"{prefix}tg_tps_{n}", True, "speed", description=f"generation tok/s after {n} tokens"),
@@ -181,6 +237,8 @@ class SpeedSuite(Suite):
         opts = self.opts(ctx)
         items = [{"id": f"{kind}-{n}", "context": n, "prompt": kind}
                  for kind in opts.prompt for n in opts.contexts]
+        items += [{"id": f"{kind}-pp{opts.pp}@d{d}", "context": d + opts.pp, "depth": d, "pp": opts.pp, "prompt": kind}
+                  for kind in opts.prompt for d in opts.depths]
         return items[: ctx.limit] if ctx.limit else items
 
     def data_info(self, ctx) -> dict:
@@ -203,17 +261,22 @@ class SpeedSuite(Suite):
                     prompt = random_prompt(vocab_size(ctx), n)
                 else:
                     prompt = text_prompt(tokenizer, n)
+                if "depth" in it:
+                    def trial():
+                        return depth_trial(ctx.model, tokenizer, prompt, int(it["depth"]), opts.gen_tokens,
+                                           opts.prefill_step_size)
+                else:
+                    def trial():
+                        return one_trial(ctx.model, tokenizer, prompt, opts.gen_tokens, opts.prefill_step_size)
                 for _ in range(opts.warmup):
-                    one_trial(ctx.model, tokenizer, prompt, opts.gen_tokens, opts.prefill_step_size)
-                trials = []
-                for _ in range(opts.trials):
-                    trials.append(one_trial(ctx.model, tokenizer, prompt, opts.gen_tokens,
-                                            opts.prefill_step_size))
+                    trial()
+                trials = [trial() for _ in range(opts.trials)]
                 pp = _median_spread([t["prompt_tps"] for t in trials])
                 tg = _median_spread([t["generation_tps"] for t in trials])
                 yield {
                     "id": it["id"],
                     "context": n,
+                    **({"depth": it["depth"], "pp": it["pp"]} if "depth" in it else {}),
                     "prompt": it["prompt"],
                     "gen_tokens": opts.gen_tokens,
                     "prompt_tps": pp["median"],
@@ -243,6 +306,8 @@ def context_label(n: int) -> str:
 def summarize_records(records: list) -> dict:
     """Flat metrics per (prompt kind, context); the REAP-card table is rendered from them (render)."""
     records = sorted(records, key=lambda r: (PROMPT_KINDS.index(r["prompt"]), r["context"]))
+    depth_records = [r for r in records if "depth" in r]
+    records = [r for r in records if "depth" not in r]
     out: dict = {}
     for r in records:
         prefix = "" if r["prompt"] == "random" else f"{r['prompt']}_"
@@ -255,11 +320,20 @@ def summarize_records(records: list) -> dict:
         out[f"{prefix}pp_tps_{n}_range"] = [r["prompt_tps_min"], r["prompt_tps_max"]]
         out[f"{prefix}tg_tps_{n}_range"] = [r["generation_tps_min"], r["generation_tps_max"]]
         out[f"{prefix}peak_memory_gb_{n}"] = r["peak_memory_gb"]
-    out["n"] = len(records)
-    if records:
-        out["trials"] = len(records[0]["trials"])
-        out["gen_tokens"] = records[0]["gen_tokens"]
-        out["hardware"] = records[0].get("hardware")
+    for r in sorted(depth_records, key=lambda r: (PROMPT_KINDS.index(r["prompt"]), r["depth"])):
+        prefix = "" if r["prompt"] == "random" else f"{r['prompt']}_"
+        d, pp = r["depth"], r["pp"]
+        out[f"{prefix}pp{pp}_tps_d{d}"] = r["prompt_tps"]
+        out[f"{prefix}tg_tps_d{d}"] = r["generation_tps"]
+        out[f"{prefix}pp{pp}_tps_d{d}_range"] = [r["prompt_tps_min"], r["prompt_tps_max"]]
+        out[f"{prefix}tg_tps_d{d}_range"] = [r["generation_tps_min"], r["generation_tps_max"]]
+        out[f"{prefix}peak_memory_gb_d{d}"] = r["peak_memory_gb"]
+    everything = records + depth_records
+    out["n"] = len(everything)
+    if everything:
+        out["trials"] = len(everything[0]["trials"])
+        out["gen_tokens"] = everything[0]["gen_tokens"]
+        out["hardware"] = everything[0].get("hardware")
     return out
 
 
@@ -284,9 +358,49 @@ def records_from_summary(summary: dict) -> list:
     return sorted(rows, key=lambda r: (order.get(r["prompt"], len(order)), r["context"]))
 
 
+def depth_records_from_summary(summary: dict) -> list:
+    """The per-depth rows format_depth_table needs, read back from a stored summary."""
+    import re
+
+    rows = []
+    for key, value in summary.items():
+        m = re.fullmatch(r"(?:(\w+?)_)?pp(\d+)_tps_d(\d+)", key)
+        if not m or not isinstance(value, (int, float)):
+            continue
+        kind, pp, d = m.group(1) or "random", int(m.group(2)), int(m.group(3))
+        prefix = "" if kind == "random" else f"{kind}_"
+        pp_range = summary.get(f"{prefix}pp{pp}_tps_d{d}_range") or [value, value]
+        tg = summary.get(f"{prefix}tg_tps_d{d}")
+        tg_range = summary.get(f"{prefix}tg_tps_d{d}_range") or [tg, tg]
+        rows.append({"prompt": kind, "depth": d, "pp": pp, "prompt_tps": value, "prompt_tps_min": pp_range[0],
+                     "prompt_tps_max": pp_range[1], "generation_tps": tg, "generation_tps_min": tg_range[0],
+                     "generation_tps_max": tg_range[1]})
+    order = {k: i for i, k in enumerate(PROMPT_KINDS)}
+    return sorted(rows, key=lambda r: (order.get(r["prompt"], len(order)), r["depth"]))
+
+
 def table_from_summary(summary: dict) -> str:
-    rows = records_from_summary(summary)
-    return format_table(rows) if rows else ""
+    rows, depth_rows = records_from_summary(summary), depth_records_from_summary(summary)
+    tables = ([format_table(rows)] if rows else []) + ([format_depth_table(depth_rows)] if depth_rows else [])
+    return "\n\n".join(tables)
+
+
+def format_depth_table(records: list) -> str:
+    """'Depth | Prefill (pp512) | Generation (TG)' like llama-bench's pp512 @ d4096 rows."""
+    kinds = {r["prompt"] for r in records}
+    pps = sorted({r["pp"] for r in records})
+    rows = []
+    for r in records:
+        label = f"d{context_label(r['depth'])}" if r["depth"] else "d0"
+        if len(kinds) > 1:
+            label += f" ({r['prompt']})"
+        rows.append([
+            label + ("" if len(pps) == 1 else f" pp{r['pp']}"),
+            f"{r['prompt_tps']:,.1f} tok/s [{r['prompt_tps_min']:,.1f}-{r['prompt_tps_max']:,.1f}]",
+            f"{r['generation_tps']:,.1f} tok/s [{r['generation_tps_min']:,.1f}-{r['generation_tps_max']:,.1f}]",
+        ])
+    pp_head = f"Prefill (pp{pps[0]})" if len(pps) == 1 else "Prefill (PP)"
+    return tabulate(rows, headers=["Depth", pp_head, "Generation (TG)"], tablefmt="github", disable_numparse=True)
 
 
 def format_table(records: list) -> str:

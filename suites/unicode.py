@@ -17,6 +17,18 @@ right component:
    the model and under the float reference (same token ids, so only the weights
    differ): drop in nats per character = (ref_lp - model_lp) / len(target).
    It is exactly 0 when the model is the reference.
+
+Generation health (harness.runtime.health) on every output: budget hit, repetition loop
+(over the generated token ids), empty answer, U+FFFD / invalid UTF-8 (the raw bytes, a tail
+cut by the budget excepted), and language switch against the item's expected script (the
+target's dominant script: CJK for cjk/kana, HANGUL, ARABIC/HEBREW for rtl; none for emoji and
+math); stored per item as `health_*` and summarized as `health_*_rate` with Wilson CIs.
+
+Thinking models: `--opt thinking=auto|on|off` (enable_thinking for the chat template; auto:
+mlx-lm's default). A model that opens `<think>` (or whose template opens it) gets
+`thinking_budget` tokens to think (default 2048; the block is closed for it when they run
+out), then its own echo budget for the answer; only the answer is graded. Per item:
+thinking/answer tokens and whether either budget was hit.
 """
 
 import difflib
@@ -38,6 +50,7 @@ from tqdm import tqdm
 from harness.cache import atomic_write_text, sha256_bytes, sha256_file
 from harness.errors import HarnessError
 from harness.options import option
+from harness.runtime import health, thinking
 from harness.runtime.generate import generate
 from harness.runtime.prompt import encode_prompt, wants_chat
 from harness.stats import wilson_ci
@@ -59,6 +72,7 @@ CATEGORIES = (
 SLACK_TOKENS = 8  # generation budget = 2 x target tokens + slack (room for "Sure: ")
 EXCERPT_CONTEXT = 6  # characters of agreement shown around a difference
 EXCERPT_WIDTH = 40  # longest excerpt kept in a record
+REF_CACHE_VERSION = 1  # reference log-probs on disk: bump only when the prompts or targets change
 
 
 def load_items(path: Path = DATA_FILE) -> tuple[str, list[dict]]:
@@ -172,12 +186,14 @@ def diff_excerpt(
 # --- the three measurements ------------------------------------------------
 
 
-def build_prompt_ids(tokenizer, template: str, target: str, use_chat: bool) -> list[int]:
+def build_prompt_ids(tokenizer, template: str, target: str, use_chat: bool,
+                     enable_thinking: Optional[bool] = None) -> list[int]:
     """Token ids of the echo prompt; the target follows them directly.
-    use_chat: the chat template when the tokenizer has one (else raw text and a newline)."""
+    use_chat: the chat template when the tokenizer has one (else raw text and a newline).
+    enable_thinking: passed to the chat template when not None (thinking=on|off)."""
     text = template.replace("{target}", target)
     if wants_chat("auto" if use_chat else "off", tokenizer):
-        return encode_prompt(tokenizer, text, chat=True)
+        return encode_prompt(tokenizer, text, chat=True, enable_thinking=enable_thinking)
     return encode_prompt(tokenizer, text + "\n", chat=False)
 
 
@@ -212,9 +228,9 @@ def target_logprob(model, prompt_ids: list[int], target_ids: list[int]) -> float
     return picked.sum().item()
 
 
-def generate_echo(model, tokenizer, prompt_ids: list[int], max_tokens: int) -> dict:
-    """Greedy generation; the streamed text plus the raw bytes behind it."""
-    gen = generate(model, tokenizer, [prompt_ids], max_tokens=max_tokens, batch_size=1)[0]
+def generate_echo(model, tokenizer, prompt_ids: list[int], max_tokens: int, stop=None) -> dict:
+    """Greedy generation; the streamed text plus the raw bytes behind it (stop: generate's callback)."""
+    gen = generate(model, tokenizer, [prompt_ids], max_tokens=max_tokens, batch_size=1, stop=stop)[0]
     output, tokens, finish = gen.text, gen.tokens, gen.finish_reason
     raw = token_bytes(tokenizer, tokens)
     truncated = 0
@@ -224,7 +240,57 @@ def generate_echo(model, tokenizer, prompt_ids: list[int], max_tokens: int) -> d
             raw = raw[:-truncated]
             # The detokenizer flushed the cut character as one U+FFFD; it is not corruption.
             output = output[:-1] if output.endswith("\ufffd") else output
-    return {"output": output, "tokens": tokens, "finish_reason": finish, "raw": raw, "truncated": truncated}
+    return {"output": output, "tokens": tokens, "finish_reason": finish, "stop": gen.stop, "raw": raw,
+            "truncated": truncated}
+
+
+def _stop_at(tag: str):
+    return lambda _i, _tokens, text: "tag" if tag in text else None
+
+
+def generate_thinking_echo(model, tokenizer, prompt_ids: list[int], max_tokens: int, thinking_budget: int,
+                           allow_thinking: bool = True) -> dict:
+    """generate_echo for thinking models: the answer budget first (stopping if the model opens
+    <think>); once thinking, `thinking_budget` tokens up to </think> (closed for the model when
+    they run out), then `max_tokens` for the answer. Returns generate_echo's fields for the
+    answer phase plus "split" (thinking.ThinkingSplit with token counts and budget flags),
+    "all_tokens" (every generated id, for the loop check) and "answer" (the text graded).
+    A model that never opens <think> gets exactly generate_echo's single generation."""
+    opened = thinking.template_opens_thinking(tokenizer.decode(prompt_ids[-16:]))
+    think_ids: list = []
+    if not opened:
+        stop = _stop_at(thinking.OPEN) if allow_thinking and thinking_budget > 0 else None
+        echo = generate_echo(model, tokenizer, prompt_ids, max_tokens, stop=stop)
+        if echo["stop"] != "tag":  # answered directly (or thinking off): one phase, as before
+            split = thinking.split_thinking(echo["output"], opened=False)
+            n, limit = len(echo["tokens"]), echo["finish_reason"] == "length"
+            split.thinking_tokens, split.answer_tokens = (n, 0) if split.has_thinking else (0, n)
+            split.thinking_budget_hit, split.answer_budget_hit = limit and not split.closed, limit and split.closed
+            return {**echo, "split": split, "all_tokens": echo["tokens"],
+                    "answer": split.answer if split.has_thinking else echo["output"]}
+        think_ids = list(echo["tokens"])  # up to and including <think>
+    g = generate(model, tokenizer, [list(prompt_ids) + think_ids], max_tokens=max(thinking_budget, 1),
+                 batch_size=1, stop=_stop_at(thinking.CLOSE))[0]
+    think_ids += g.tokens
+    generated = list(think_ids)
+    thinking_hit = g.stop == "length"
+    if g.stop == "eos":  # ended inside the thinking: no answer
+        echo = {"output": "", "tokens": [], "finish_reason": "stop", "stop": "eos", "raw": b"", "truncated": 0}
+    else:
+        if thinking_hit:  # close the block for the model; these tokens are not counted
+            think_ids += thinking.encode_plain(tokenizer, thinking.FORCE_CLOSE)
+        echo = generate_echo(model, tokenizer, list(prompt_ids) + think_ids, max_tokens)
+    split = thinking.ThinkingSplit(
+        thinking=tokenizer.decode(generated).replace(thinking.OPEN, "").replace(thinking.CLOSE, "").strip(),
+        answer=echo["output"].strip(), has_thinking=True, closed=g.stop != "eos",
+        thinking_tokens=len(generated), answer_tokens=len(echo["tokens"]), thinking_budget_hit=thinking_hit,
+        answer_budget_hit=echo["finish_reason"] == "length")
+    return {**echo, "split": split, "all_tokens": generated + echo["tokens"], "answer": echo["output"]}
+
+
+def expected_script(target: str) -> Optional[str]:
+    """The script an echo of the target is in (None for emoji, math: no letters)."""
+    return health.dominant_script(target)
 
 
 def score_output(target: str, output: str, raw: Optional[bytes]) -> dict:
@@ -258,6 +324,9 @@ class UnicodeOptions:
     chat: str = option("auto", help="echo prompt through the chat template when the tokenizer has one "
                        "(auto/1/true) or raw (0/false)", choices=("auto", "1", "0", "true", "false"))
     slack: int = option(SLACK_TOKENS, help="generation budget = 2 x target tokens + slack", min=0)
+    thinking: str = option("auto", choices=thinking.THINKING_MODES,
+                           help="enable_thinking for the chat template (auto: mlx-lm's default)")
+    thinking_budget: int = option(2048, min=0, help="max thinking tokens before the answer (thinking models)")
 
     @property
     def use_chat(self) -> bool:
@@ -267,7 +336,7 @@ class UnicodeOptions:
 class UnicodeSuite(Suite):
     name = "unicode"
     description = "echo emoji/CJK/kana/RTL/math text: U+FFFD, invalid UTF-8, detokenizer, log-prob drop"
-    version = "1"
+    version = "2"  # 2: health flags and thinking handling in every record
     needs_reference = True
     exec_mode = None
     Options = UnicodeOptions
@@ -284,7 +353,8 @@ class UnicodeSuite(Suite):
                    description="teacher-forced log-prob drop vs the reference, nats per character"),
         MetricSpec("logprob_drop_nats_per_char_median", False, "mean"),
         MetricSpec("n", None, "count"),
-    )
+        MetricSpec("thinking_tokens_mean", None, "mean", description="mean thinking tokens per item"),
+    ) + tuple(MetricSpec(**d) for d in health.METRIC_DECLS)
 
     def __init__(self):
         super().__init__()
@@ -309,10 +379,11 @@ class UnicodeSuite(Suite):
 
     def _prepare(self, ctx, items: list[dict]) -> list[dict]:
         template, _ = load_items()
-        use_chat = self.opts(ctx).use_chat
+        opts = self.opts(ctx)
+        enable = None if opts.thinking == "auto" else opts.thinking == "on"
         prepared = []
         for it in items:
-            prompt_ids = build_prompt_ids(ctx.tokenizer, template, it["target"], use_chat)
+            prompt_ids = build_prompt_ids(ctx.tokenizer, template, it["target"], opts.use_chat, enable)
             target_ids = list(ctx.tokenizer.encode(it["target"], add_special_tokens=False))
             key = sha256_bytes(json.dumps([prompt_ids, target_ids]).encode())[:20]
             prepared.append({**it, "prompt_ids": prompt_ids, "target_ids": target_ids, "key": key})
@@ -325,7 +396,7 @@ class UnicodeSuite(Suite):
         cache_file = None
         if ctx.cache_dir is not None and ctx.reference_path is not None:
             ref_tag = sha256_bytes(ref_id.encode())[:12]
-            cache_file = Path(ctx.cache_dir) / f"unicode_v{self.version}_ref_logprobs_{ref_tag}.json"
+            cache_file = Path(ctx.cache_dir) / f"unicode_v{REF_CACHE_VERSION}_ref_logprobs_{ref_tag}.json"
             if cache_file.is_file():
                 try:
                     memo.update(json.loads(cache_file.read_text(encoding="utf-8")))
@@ -341,7 +412,8 @@ class UnicodeSuite(Suite):
         return memo
 
     def run(self, ctx, items: list[dict]):
-        slack = self.opts(ctx).slack
+        opts = self.opts(ctx)
+        slack = opts.slack
         prepared = self._prepare(ctx, items)
         is_reference = ctx.is_reference
         ref_lps = None if is_reference else self._reference_logprobs(ctx, prepared)
@@ -351,8 +423,12 @@ class UnicodeSuite(Suite):
             # The reference scored by itself: the same number, so the drop is exactly 0.
             ref_lp = model_lp if is_reference else ref_lps[p["key"]]
             detok = detokenizer_check(ctx.tokenizer, target)
-            gen = generate_echo(ctx.model, ctx.tokenizer, p["prompt_ids"], 2 * len(p["target_ids"]) + slack)
-            score = score_output(target, gen["output"], gen["raw"])
+            gen = generate_thinking_echo(ctx.model, ctx.tokenizer, p["prompt_ids"], 2 * len(p["target_ids"]) + slack,
+                                         opts.thinking_budget, allow_thinking=opts.thinking != "off")
+            split = gen["split"]
+            score = score_output(target, gen["answer"], gen["raw"])
+            flags = health.health_flags(gen["answer"], tokens=gen["all_tokens"], budget_hit=split.budget_hit,
+                                        expected_script=expected_script(target), raw=gen["raw"])
             record = {
                 "id": p["id"],
                 "category": p["category"],
@@ -371,7 +447,11 @@ class UnicodeSuite(Suite):
                 "model_logprob": model_lp,
                 "ref_logprob": ref_lp,
                 "logprob_drop_nats_per_char": (ref_lp - model_lp) / len(target),
+                **split.record(),
+                **flags,
             }
+            if split.has_thinking:
+                record["thinking"] = split.thinking[-2000:]
             if not record["detok_pass"]:
                 record["detok_decoded"] = detok["decoded"]
                 record["detok_streamed"] = detok["streamed"]
@@ -418,6 +498,8 @@ class UnicodeSuite(Suite):
                     "logprob_drop_nats_per_char_median": statistics.median(cat_drops),
                 }
         summary["per_category"] = per_category
+        summary.update(health.summarize_health(records))
+        summary["thinking_tokens_mean"] = statistics.fmean([r.get("thinking_tokens") or 0 for r in records])
         summary["corrupted"] = [_corrupted_entry(r) for r in sorted(records, key=lambda r: r["id"]) if r["corrupted"]]
         return summary
 

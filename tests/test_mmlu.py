@@ -398,3 +398,141 @@ def test_benchmark_script_agrees_with_lm_eval(tmp_path, capsys, monkeypatch):
     assert result["max_abs_logprob_diff"] < 1e-3
     assert result["acc_ours"] == result["acc_peer"]
     assert "ours (harness mmlu)" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- protocol=omlx
+
+from harness.runtime import thinking as th  # noqa: E402
+from harness.suites import omlx  # noqa: E402
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n"
+                 "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n{% endif %}"
+                 "{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def chat_tok():
+    from mlx_lm.tokenizer_utils import TokenizerWrapper
+
+    hf = _tokenizer(letters_single=True)._tokenizer
+    hf.chat_template = CHAT_TEMPLATE
+    return TokenizerWrapper(hf)
+
+
+def _omlx_fixture():
+    """Two subjects, fixed rows: the exact prompt text can be written out by hand."""
+    rows = {
+        "anatomy": [{"question": "Which bone is longest?", "choices": ["femur", "ulna", "rib", "skull"], "answer": 0},
+                    {"question": "Where is the heart?", "choices": ["leg", "chest", "arm", "head"], "answer": 1}],
+        "virology": [{"question": "What is a virus?", "choices": ["cell", "plant", "particle", "fungus"], "answer": 2}],
+    }
+    dev = {"anatomy": [{"question": "How many lungs?", "choices": ["1", "2", "3", "4"], "answer": 1}],
+           "virology": [{"question": "Is HIV a virus?", "choices": ["no", "maybe", "never", "yes"], "answer": 3}]}
+    for d in (rows, dev):
+        for s in d:
+            d[s], _ = clean_rows(d[s], s)
+    data = MMLUData(rows, dev, 0, "test")
+    return mmlu.make_items(data, "test"), data
+
+
+class FakeGenerate:
+    """A thinking.GenerateFn returning scripted outputs per question; records every prompt."""
+
+    def __init__(self, outputs: dict):
+        self.outputs, self.prompts = outputs, []
+
+    def __call__(self, prompt, max_tokens, stop):
+        self.prompts.append((prompt, max_tokens, stop))
+        key = next(q for q in self.outputs if q in prompt)
+        text = self.outputs[key]
+        if stop and any(s in text for s in stop):  # the two-phase protocol: stop after <think>
+            text = text[:min(text.find(s) + len(s) for s in stop if s in text)]
+        if prompt.endswith(th.OPEN) or th.OPEN in prompt.split("assistant\n")[-1]:
+            done = prompt.split("assistant\n")[-1]
+            text = self.outputs[key][len(done):]
+            if stop and any(s in text for s in stop):
+                text = text[:min(text.find(s) + len(s) for s in stop if s in text)]
+        return th.Generation(text, len(text.split()) or 1, False)
+
+
+def test_omlx_prompt_text_and_extraction(chat_tok):
+    items, data = _omlx_fixture()
+    fake = FakeGenerate({
+        "Which bone": "A",  # direct answer, correct
+        "Where is the heart": "<think>Maybe A. No: the chest.</think>The answer is B.",  # draft A inside thinking
+        "What is a virus": "I think it is D",  # "I" is not a standalone A-D: D, wrong (answer C)
+    })
+    # thinking=on: enable_thinking=True reaches the template (auto would be mlx-lm's default:
+    # on only for tokenizers with thinking tokens, which this one lacks)
+    opts = MMLUOptions(protocol="omlx", thinking="on", answer_budget=128)
+    recs = {r["id"]: r for r in mmlu.score_omlx(None, chat_tok, items, data, opts, generate=fake)}
+    expected_user = (
+        "The following are multiple choice questions about Anatomy. Answer with just the letter (A, B, C, or D).\n"
+        "\nHow many lungs?\nA. 1\nB. 2\nC. 3\nD. 4\nAnswer: B\n"
+        "\nWhich bone is longest?\nA. femur\nB. ulna\nC. rib\nD. skull\nAnswer:"
+    )
+    first_prompt, max_tokens, stop = fake.prompts[0]
+    assert first_prompt == f"<|im_start|>user\n{expected_user}<|im_end|>\n<|im_start|>assistant\n"
+    assert (max_tokens, stop) == (128, (th.OPEN,))  # answer budget first, stopping if it starts thinking
+    by_q = {it["question"]: recs[it["id"]] for it in items}
+    a, b, c = by_q["Which bone is longest?"], by_q["Where is the heart?"], by_q["What is a virus?"]
+    assert (a["pred"], a["correct"], a["has_thinking"]) == ("A", True, False)
+    assert (b["pred"], b["correct"], b["has_thinking"], b["closed"]) == ("B", True, True, True)
+    assert b["thinking_tokens"] > 0 and b["answer_tokens"] > 0
+    assert (c["pred"], c["answer"], c["correct"]) == ("D", "C", False)
+    for r in recs.values():
+        assert {"health_loop", "health_empty", "health_budget_hit", "health_any", "budget_hit"} <= r.keys()
+        assert r["health_any"] is False
+    # thinking=off reaches the template (enable_thinking=False) and skips the thinking phase
+    fake_off = FakeGenerate({"Which bone": "A", "Where is the heart": "B", "What is a virus": "C"})
+    off = MMLUOptions(protocol="omlx", thinking="off", answer_budget=7)
+    list(mmlu.score_omlx(None, chat_tok, items[:1], data, off, generate=fake_off))
+    (p, n, s), = fake_off.prompts
+    assert p.endswith("assistant\n<think>\n\n</think>\n\n") and (n, s) == (7, ())
+
+
+def test_omlx_suite_items_summary_and_metrics(chat_tok, monkeypatch):
+    items, data = _omlx_fixture()
+    monkeypatch.setattr(mmlu, "load_data", lambda subjects, split, shots, source: data)
+    suite = MMLUSuite()
+    ctx = SuiteContext(model=None, tokenizer=chat_tok, artifact=Path("."), exec_mode="simulated",
+                       reference=lambda: None, limit=2, progress=False, options={"protocol": "omlx"})
+    got = suite.items(ctx)
+    assert got == omlx.stratified_sample(items, 2, key="subject")  # omlx's seed-42 sample
+    info = suite.data_info(ctx)
+    assert (info["protocol"], info["shots"], info["sample_seed"]) == ("omlx", 5, 42)
+    names = {m.name for m in suite.metric_specs(ctx)}
+    assert "omlx_acc" in names and "acc" not in names and "health_loop_rate" in names
+    recs = [{"id": it["id"], "subject": it["subject"], "correct": i == 0, "thinking_tokens": 10 * i,
+             "answer_tokens": 3, **{f"health_{f}": i == 1 and f in ("loop", "any") for f in
+                                    ("budget_hit", "loop", "empty", "bad_unicode", "language_switch", "any")}}
+            for i, it in enumerate(got)]
+    s = suite.summarize(ctx, recs)
+    assert s["omlx_acc"] == 0.5 and "acc" not in s and s["protocol"] == "omlx"
+    assert s["health_loop_rate"] == 0.5 and s["health_empty_rate"] == 0.0 and s["thinking_tokens_mean"] == 5.0
+    # the default protocol keeps lm-eval's metrics, items and data_info fields
+    ctx.options = {}
+    assert suite.metric_specs(ctx) == MMLUSuite.metrics
+    assert suite.items(ctx) == items[:0] + stratified_subset(items, 2, 0)
+    assert suite.data_info(ctx)["protocol"] == "lm-eval"
+    with pytest.raises(HarnessError):
+        parse_options({"protocol": "omlx", "split": "dev"})
+    with pytest.raises(HarnessError):
+        parse_options({"thinking": "maybe"})
+
+
+def test_omlx_real_generation_matches_mlx_lm(model, chat_tok):
+    """The default generator (harness.runtime.generate) gives mlx-lm's greedy text for the
+    chat-templated omlx prompt, and the record grades that text."""
+    items, data = _omlx_fixture()
+    opts = MMLUOptions(protocol="omlx", thinking="off", answer_budget=6)
+    recs = list(mmlu.score_omlx(model, chat_tok, items[:2], data, opts))
+    ref = th.mlx_generate_fn(model, chat_tok)
+    shots = mmlu.omlx_fewshot(data)
+    for it, r in zip(items[:2], recs):
+        prompt = th.chat_prompt(chat_tok, omlx.mmlu_messages(it, it["subject"], shots[it["subject"]]), "off")
+        g = ref(prompt, 6, ())
+        assert r["output"] == g.text
+        assert r["pred"] == omlx.extract_mmlu_answer(th.split_thinking(g.text).answer)
+        assert r["answer_tokens"] == g.n_tokens and r["budget_hit"] == g.hit_limit

@@ -95,3 +95,47 @@ def test_options_and_hardware():
 def test_limit(model_dir):
     ctx = make_ctx(model_dir, {"contexts": "64,128,256"}, limit=2)
     assert [it["context"] for it in SpeedSuite().items(ctx)] == [64, 128]
+
+
+def test_depth_sweep_llama_bench_style(model_dir):
+    ctx = make_ctx(model_dir, {"contexts": "32", "depths": "0,64", "pp": 16, "gen_tokens": 4, "trials": 2,
+                               "warmup": 0})
+    suite = SpeedSuite()
+    items = suite.items(ctx)
+    assert [it["id"] for it in items] == ["random-32", "random-pp16@d0", "random-pp16@d64"]
+    records = list(suite.run(ctx, items))
+    for r in records[1:]:
+        for t in r["trials"]:
+            assert t["prompt_tokens"] == 16  # only the pp tokens are timed; the depth sits in the cache
+            assert t["generation_tokens"] == 4 and t["depth"] == r["depth"]
+    s = suite.summarize(ctx, records)
+    assert s["pp16_tps_d64"] == records[2]["prompt_tps"] and s["tg_tps_d0"] == records[1]["generation_tps"]
+    assert s["pp_tps_32"] == records[0]["prompt_tps"] and s["n"] == 3
+    names = {m.name for m in suite.metric_specs(ctx)}
+    assert {"pp16_tps_d0", "tg_tps_d64", "peak_memory_gb_d64", "pp_tps_32"} <= names
+    context_table, depth_table = suite.render(s).split("\n\n")
+    assert [c.strip() for c in depth_table.splitlines()[0].strip("|").split("|")] == \
+        ["Depth", "Prefill (pp16)", "Generation (TG)"]
+    assert [line.strip("|").split("|")[0].strip() for line in depth_table.splitlines()[2:]] == ["d0", "d64"]
+    from harness.report.tables import speed_rows  # depth keys never leak into the context table or plot
+    assert [row[0] for row in speed_rows(s)] == [32]
+    for bad in ({"depths": "-1"}, {"depths": "64,64"}, {"pp": "0"}):
+        with pytest.raises(HarnessError):
+            parse_options(bad)
+    assert parse_options({}).depths == ()
+
+
+def test_depth_prefill_continues_the_same_sequence(model_dir):
+    """Generation after a cache prefilled with the first d tokens equals generation from the
+    whole prompt: the depth really sits in the cache."""
+    from mlx_lm.generate import stream_generate
+    from mlx_lm.models.cache import make_prompt_cache
+
+    ctx = make_ctx(model_dir, {})
+    prompt = random_prompt(512, 40)
+    whole = [r.token for r in stream_generate(ctx.model, ctx.tokenizer, prompt, max_tokens=5)]
+    cache = make_prompt_cache(ctx.model)
+    ctx.model(mx.array([prompt[:24]]), cache=cache)
+    split = [r.token for r in stream_generate(ctx.model, ctx.tokenizer, prompt[24:], max_tokens=5,
+                                              prompt_cache=cache)]
+    assert split == whole

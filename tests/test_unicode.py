@@ -16,6 +16,7 @@ from harness.suite import SuiteContext
 from harness.sources.synthetic import write_synthetic
 from harness.suites import unicode as uni
 from harness.suites.unicode import UnicodeSuite
+from harness.runtime import health
 
 
 @pytest.fixture(scope="module")
@@ -456,3 +457,74 @@ def test_smollm2_two_bit_drops_more_than_float():
     assert q_summary["logprob_drop_nats_per_char_mean"] > 0.1
     assert float_summary["detok_roundtrip_pass"] and q_summary["detok_roundtrip_pass"]
     assert float_summary["exact_echo_rate"] >= q_summary["exact_echo_rate"]
+
+
+# --- generation health and thinking ------------------------------------------------
+
+
+def test_health_flags_per_item_and_summary(tiny):
+    suite = UnicodeSuite()
+    ctx = make_ctx(tiny, limit=10)
+    records = list(suite.run(ctx, suite.items(ctx)))
+    for r in records:
+        assert r["health_bad_unicode"] == (r["fffd_count"] > 0 or bool(r["invalid_utf8_count"]))
+        assert r["health_budget_hit"] == r["budget_hit"] == (r["finish_reason"] == "length")
+        assert r["health_empty"] == (not r["output"].strip())
+        assert (r["thinking_tokens"], r["answer_tokens"]) == (0, r["generated_tokens"])
+        expected = uni.expected_script(r["target"])
+        if expected is None:  # emoji / math: nothing to switch from
+            assert r["health_language_switch"] is False
+    s = suite.summarize(ctx, records)
+    n = len(records)
+    for flag in ("budget_hit", "loop", "empty", "bad_unicode", "language_switch", "any"):
+        assert s[f"health_{flag}_rate"] == sum(r[f"health_{flag}"] for r in records) / n
+    assert s["health_bad_unicode_rate"] > 0.3  # a random model garbles multi-byte text
+    assert {m.name for m in suite.metrics} >= {"health_loop_rate", "health_any_rate"}
+    assert uni.expected_script("日本語") == "CJK" and uni.expected_script("한국어") == "HANGUL"
+
+
+def _scripted_generate(tokenizer, base: list, script: str, answer_after_close: str):
+    """A stand-in for harness.runtime.generate.generate that 'generates' `script` token by
+    token after `base` (honouring max_tokens, EOS at its end and the stop callback); after a
+    forced </think> it continues with `answer_after_close`."""
+    from harness.runtime.generate import Generation
+
+    def one(prompts, max_tokens, stop):
+        done = tokenizer.decode(prompts[0][len(base):])
+        rest = script[len(done):] if script.startswith(done) else answer_after_close
+        ids = tokenizer.encode(rest, add_special_tokens=False)
+        out = []
+        for t in ids:
+            out.append(t)
+            text = tokenizer.decode(out)
+            if stop is not None and stop(0, out, text):
+                return [Generation(0, out, text, "stop", "tag", len(prompts[0]))]
+            if len(out) == max_tokens:
+                return [Generation(0, out, text, "length", "length", len(prompts[0]))]
+        return [Generation(0, out, tokenizer.decode(out), "stop", "eos", len(prompts[0]))]
+
+    def gen(model, tok, prompts, max_tokens=256, batch_size=1, stop=None):
+        return one(prompts, max_tokens, stop)
+
+    return gen
+
+
+def test_thinking_is_split_off_budgeted_and_not_graded(tiny, monkeypatch):
+    path, model, tokenizer = tiny
+    base = tokenizer.encode("Repeat: 日本語\n")
+    script = "<think>maybe 日本 or 中国 hmm</think>日本語"
+    monkeypatch.setattr(uni, "generate", _scripted_generate(tokenizer, base, script, "日本語"))
+    g = uni.generate_thinking_echo(model, tokenizer, base, max_tokens=20, thinking_budget=200)
+    sp = g["split"]
+    assert g["answer"] == "日本語" and sp.has_thinking and sp.closed and "中国" in sp.thinking
+    assert sp.answer_tokens == len(tokenizer.encode("日本語", add_special_tokens=False))
+    assert sp.thinking_tokens == len(tokenizer.encode(script, add_special_tokens=False)) - sp.answer_tokens
+    assert not sp.budget_hit and uni.score_output("日本語", g["answer"], g["raw"])["exact_echo"]
+    # a thinking budget that runs out: the block is closed for the model, the answer keeps its own budget
+    g = uni.generate_thinking_echo(model, tokenizer, base, max_tokens=20, thinking_budget=3)
+    assert g["split"].thinking_budget_hit and not g["split"].answer_budget_hit and g["answer"] == "日本語"
+    # thinking=off: one phase of the answer budget, the think block (if any) split off the graded text
+    g = uni.generate_thinking_echo(model, tokenizer, base, max_tokens=60, thinking_budget=200, allow_thinking=False)
+    assert g["answer"] == "日本語" and g["split"].has_thinking and g["split"].thinking_tokens == len(g["tokens"])
+    flags = health.health_flags(g["answer"], expected_script="CJK")
+    assert not flags["health_any"]
