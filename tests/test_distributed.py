@@ -362,6 +362,7 @@ def fake_counting(tmp_path, monkeypatch):
     plugin.mkdir()
     (plugin / "fake_suite.py").write_text(COUNTING)
     monkeypatch.syspath_prepend(str(plugin))
+    monkeypatch.delitem(sys.modules, "fake_suite", raising=False)  # other tests' fake_suite of the same name
     import harness.suites_registry as reg
 
     monkeypatch.setitem(reg.BUILTIN_SUITES, "counting", "fake_suite:CountingSuite")

@@ -91,6 +91,7 @@ def fake_suite(tmp_path, monkeypatch):
     plugin_dir = tmp_path / "plugin"
     plugin_dir.mkdir()
     (plugin_dir / "fake_suite.py").write_text(FAKE_SUITE + LEGACY_SUITE)
+    monkeypatch.delitem(sys.modules, "fake_suite", raising=False)  # other tests' fake_suite of the same name
     (plugin_dir / "driver.py").write_text(DRIVER)
     monkeypatch.syspath_prepend(str(plugin_dir))
     import harness.suites_registry as reg
