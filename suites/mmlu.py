@@ -612,7 +612,7 @@ def score_omlx(model, tokenizer, items: list, data: MMLUData, opts: MMLUOptions,
     generate: a thinking.GenerateFn (default: harness.runtime.generate's greedy generation)."""
     from tqdm import tqdm
 
-    from harness.runtime.generate import text_generate_fn
+    from harness.runtime.thinking import text_generate_fn
 
     generate = generate or text_generate_fn(model, tokenizer)
     plan = thinking.BudgetPlan(thinking=opts.thinking_budget, answer=opts.answer_budget)

@@ -155,30 +155,3 @@ def generate(model, tokenizer, prompts: Sequence[List[int]], **kwargs) -> List[G
     """Like `generate_iter`, collected in prompt order."""
     out = {g.index: g for g in generate_iter(model, tokenizer, prompts, **kwargs)}
     return [out[i] for i in range(len(out))]
-
-
-def text_generate_fn(model, tokenizer):
-    """A `harness.runtime.thinking.GenerateFn` (prompt text, max_tokens, stop strings) ->
-    thinking.Generation over `generate` (batch 1: exactly mlx-lm's greedy tokens).
-
-    The prompt text is what `thinking.chat_prompt` returns: a chat-templated text already holds
-    its special tokens (encoded without), a plain text gets the tokenizer's BOS (prompt.py's
-    rule). Generation stops right after a stop string (the string kept in the text)."""
-    from harness.runtime import thinking
-    from harness.runtime.prompt import encode_prompt, has_chat_template
-
-    templated = has_chat_template(tokenizer)
-
-    def run(prompt: str, max_tokens: int, stop: tuple) -> "thinking.Generation":
-        ids = thinking.encode_plain(tokenizer, prompt) if templated else encode_prompt(tokenizer, prompt)
-
-        def hit(_i, _tokens, text):
-            return "stop_string" if stop and any(s in text for s in stop) else None
-
-        g = generate(model, tokenizer, [ids], max_tokens=max_tokens, batch_size=1, stop=hit if stop else None)[0]
-        text = g.text
-        if g.stop == "stop_string":
-            text = text[:min(text.find(s) + len(s) for s in stop if s in text)]
-        return thinking.Generation(text, len(g.tokens), g.finish_reason == "length")
-
-    return run

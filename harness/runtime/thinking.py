@@ -376,3 +376,30 @@ def generate_budgeted_iter(model, tokenizer, prompts: list, *, plan: BudgetPlan 
             split.thinking_tokens, split.answer_tokens = len(first[i].tokens), len(g.tokens)
             split.thinking_budget_hit, split.answer_budget_hit = True, g.stop == "length"
             yield BudgetedGeneration(i, text, heads[i] + list(g.tokens), split, g.stop)
+
+
+def text_generate_fn(model, tokenizer):
+    """A `GenerateFn` (prompt text, max_tokens, stop strings) ->
+    Generation over `harness.runtime.generate.generate` (batch 1: exactly mlx-lm's greedy tokens).
+
+    The prompt text is what `chat_prompt` returns: a chat-templated text already holds
+    its special tokens (encoded without), a plain text gets the tokenizer's BOS (prompt.py's
+    rule). Generation stops right after a stop string (the string kept in the text)."""
+    from harness.runtime.generate import generate
+    from harness.runtime.prompt import encode_prompt, has_chat_template
+
+    templated = has_chat_template(tokenizer)
+
+    def run(prompt: str, max_tokens: int, stop: tuple) -> "Generation":
+        ids = encode_plain(tokenizer, prompt) if templated else encode_prompt(tokenizer, prompt)
+
+        def hit(_i, _tokens, text):
+            return "stop_string" if stop and any(s in text for s in stop) else None
+
+        g = generate(model, tokenizer, [ids], max_tokens=max_tokens, batch_size=1, stop=hit if stop else None)[0]
+        text = g.text
+        if g.stop == "stop_string":
+            text = text[:min(text.find(s) + len(s) for s in stop if s in text)]
+        return Generation(text, len(g.tokens), g.finish_reason == "length")
+
+    return run
