@@ -632,10 +632,12 @@ def _per_subject(records: list) -> dict:
     return {s: {"acc": c / t, "n": t} for s, (c, t) in sorted(per_subject.items())}
 
 
+CHANCE = 0.25  # four options: a reference whose CI includes this cannot rank recipes (harness.report.floor)
+
 OMLX_METRICS = (
-    MetricSpec("omlx_acc", True, "proportion", max_drop=0.02, item_key="correct",
+    MetricSpec("omlx_acc", True, "proportion", max_drop=0.02, item_key="correct", chance=CHANCE,
                description="omlx protocol: generative 5-shot chat MMLU, first A-D letter (not comparable with acc)"),
-    MetricSpec("omlx_macro_acc", True, "proportion", description="omlx protocol: mean of per-subject accuracies"),
+    MetricSpec("omlx_macro_acc", True, "proportion", chance=CHANCE, description="omlx protocol: mean of per-subject accuracies"),
     MetricSpec("n", None, "count", description="questions scored"),
     MetricSpec("skipped_rows", None, "count", description="malformed dataset rows skipped"),
     MetricSpec("thinking_tokens_mean", None, "mean", description="mean thinking tokens per question"),
@@ -651,9 +653,9 @@ class MMLUSuite(Suite):
     exec_mode = None
     Options = MMLUOptions
     metrics = (
-        MetricSpec("acc", True, "proportion", max_drop=0.02, item_key="correct",
+        MetricSpec("acc", True, "proportion", max_drop=0.02, item_key="correct", chance=CHANCE,
                    description="accuracy over questions (lm-eval's mmlu group number)"),
-        MetricSpec("macro_acc", True, "proportion", max_drop=0.02, description="mean of per-subject accuracies"),
+        MetricSpec("macro_acc", True, "proportion", max_drop=0.02, chance=CHANCE, description="mean of per-subject accuracies"),
         MetricSpec("n", None, "count", description="questions scored"),
         MetricSpec("skipped_rows", None, "count", description="malformed dataset rows skipped"),
     )

@@ -536,3 +536,19 @@ def test_omlx_real_generation_matches_mlx_lm(model, chat_tok):
         assert r["output"] == g.text
         assert r["pred"] == omlx.extract_mmlu_answer(th.split_thinking(g.text).answer)
         assert r["answer_tokens"] == g.n_tokens and r["budget_hit"] == g.hit_limit
+
+
+def test_mmlu_declares_chance_so_a_reference_at_chance_is_not_gated():
+    from types import SimpleNamespace
+
+    from harness.report.floor import floor_effect
+    from harness.stats import wilson_ci
+
+    spec = next(m for m in mmlu.MMLUSuite.metrics if m.name == "acc")
+    assert spec.chance == 0.25
+    at_chance = SimpleNamespace(suite="mmlu", recipe="float", metrics=mmlu.MMLUSuite.metrics,
+                                summary={"acc": 0.23, "acc_ci95": list(wilson_ci(23, 100)), "n": 100})
+    assert "cannot rank recipes" in floor_effect(at_chance, spec)
+    good = SimpleNamespace(suite="mmlu", recipe="float", metrics=mmlu.MMLUSuite.metrics,
+                           summary={"acc": 0.62, "acc_ci95": list(wilson_ci(62, 100)), "n": 100})
+    assert floor_effect(good, spec) is None
