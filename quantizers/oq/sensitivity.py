@@ -7,7 +7,9 @@ weights at the widths the plan would give them (`widths(path, module)`);
 
 Cost and memory, so it runs at the users' scale:
 * one block resident: with `weights_dir` the block's weights are fresh lazy copies
-  read from the model's safetensors, so the loaded model is never materialised;
+  read from the model's safetensors, so the loaded model is never materialised, and
+  only the embedding rows of the calibration tokens are read (a 200k x 3072
+  vocabulary is 2.4 GB in fp32);
   the next block's input is the float output of this one (kept in memory);
 * MoE: mlx-lm's SwitchLinear runs `gather_mm`, which has no BLAS path on CPU;
   during the pass each expert instead multiplies only the tokens routed to it
@@ -116,7 +118,49 @@ def _working_copy(own: list, fresh: Optional[dict], prefix: str) -> list:
     return out
 
 
-def _first_layer_inputs(model, layers, prefix, tokens, fresh):
+def _token_embedding(model, prefix: str) -> Optional[tuple]:
+    """(parent module, attribute, dotted path) of the float token embedding outside the
+    decoder layers: the nn.Embedding with the most rows (position embeddings are smaller)."""
+    import mlx.nn as nn
+
+    found = [(path, m) for path, m in model.named_modules()
+             if type(m) is nn.Embedding and not path.startswith(prefix + ".")]
+    if not found:
+        return None
+    path = max(found, key=lambda pm: pm[1].weight.shape[0])[0]
+    parent_path, _, attr = path.rpartition(".")
+    parent = model
+    for part in parent_path.split(".") if parent_path else []:
+        parent = parent[int(part)] if isinstance(parent, list) else getattr(parent, part)
+    return parent, attr, path
+
+
+def _rows_embedding(weights_dir: Path, path: str, fallback):
+    """An embedding that reads only the rows it is asked for from the safetensors
+    file (memmap), as fp32 (bf16 widens exactly: equal to casting the whole matrix).
+    Reading a 200k-row vocabulary in fp32 would otherwise be the pass's largest array."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    from harness.runtime.streamed import read_rows, tensor_index
+
+    info = tensor_index(weights_dir).get(f"{path}.weight")
+    if info is None or info.dtype not in ("BF16", "F16", "F32") or len(info.shape) != 2:
+        return None
+
+    class RowsEmbedding(nn.Module):
+        def __call__(self, ids):
+            uniq, inverse = np.unique(np.array(ids), return_inverse=True)
+            rows = mx.array(read_rows(info, uniq))
+            return rows[mx.array(inverse.reshape(ids.shape).astype(np.int32))]
+
+        def as_linear(self, x):  # tied heads are never reached: the pass stops at block 0
+            return fallback.as_linear(x)
+
+    return RowsEmbedding()
+
+
+def _first_layer_inputs(model, layers, prefix, tokens, fresh, weights_dir=None):
     """(hidden states, extra args, kwargs) that the model passes to block 0."""
     from mlx.utils import tree_flatten, tree_unflatten
 
@@ -124,6 +168,13 @@ def _first_layer_inputs(model, layers, prefix, tokens, fresh):
     first = layers[0]
     layers[0] = _StandIn(first)
     model.update(tree_unflatten(_working_copy(own, fresh, "")))
+    swapped = None
+    if fresh is not None and weights_dir is not None:
+        where = _token_embedding(model, prefix)
+        rows = where and _rows_embedding(Path(weights_dir), where[2], where[0][where[1]])
+        if rows is not None:
+            swapped = (where[0], where[1], where[0][where[1]])
+            where[0][where[1]] = rows
     try:
         model(tokens)
     except _Captured as c:
@@ -131,6 +182,8 @@ def _first_layer_inputs(model, layers, prefix, tokens, fresh):
         return x, args, kwargs
     finally:
         layers[0] = first
+        if swapped is not None:
+            swapped[0][swapped[1]] = swapped[2]
         model.update(tree_unflatten(own))
     raise HarnessError(f"{type(model).__name__} never called its first decoder layer; oQ cannot measure it")
 
@@ -302,7 +355,8 @@ def measure_sensitivity(model, tokens, bits: int, group_size: int = 64, weights_
     widths = widths or uniform_widths(bits, group_size, getattr(model, "quant_predicate", None))
     layers, prefix = decoder_layers(model)
     fresh = _disk_weights(model, weights_dir)
-    x, args, kwargs = _first_layer_inputs(model, layers, prefix, mx.array(np.asarray(tokens, dtype=np.int32)), fresh)
+    x, args, kwargs = _first_layer_inputs(model, layers, prefix, mx.array(np.asarray(tokens, dtype=np.int32)), fresh,
+                                          weights_dir)
     scores, resumed = _load_partial(partial, partial_key)
     start = len(scores) if resumed is not None and sorted(scores) == list(range(len(scores))) else 0
     if start:
