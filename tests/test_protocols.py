@@ -175,6 +175,9 @@ def test_both_protocols_coexist_resume_and_never_share_a_column(tmp_path, monkey
         assert lm["summary"]["chance"] == pytest.approx(tq.chance_levels(items))
         assert {m["name"]: m["chance"] for m in lm["metrics"]}["mc1"] == pytest.approx(lm["summary"]["chance"]["mc1"])
     assert read_result(root / "uniform4" / "truthfulqa@omlx.json")["paired"]["vs"] == "float"
+    gen = load_result(root / "uniform4" / "truthfulqa@omlx.json")
+    assert (gen.suite_name, gen.variant, load_result(root / "uniform4" / "truthfulqa.json").variant) == (
+        "truthfulqa", "omlx", None)
 
     # resume/caching per protocol: re-running either finds all its items done and leaves the other alone
     before = {p.name: p.read_bytes() for p in (root / "uniform4").glob("truthfulqa*.items.jsonl")}
