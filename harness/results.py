@@ -6,12 +6,17 @@ Layout under the results dir (default ./results):
     <model>/<recipe>/<suite>.items.jsonl  one record per line, appended (fsync) as items finish
     <model>/<recipe>/.<suite>.lock        exists only while a `harness run` writes this suite
 
+<suite> is the suite's name, or `<name>@<variant>` for a run under a non-default protocol
+(`mmlu@omlx.json` beside `mmlu.json`: harness.suite.result_name): the two are different
+measurements, so they never replace each other, share a report column or get paired by the gate.
+
 Schema "harness.result/1" (the report and the gate read only this, as `SuiteResult`):
 
-    {"schema": "harness.result/1", "model": str, "recipe": str, "suite": str,
+    {"schema": "harness.result/1", "model": str, "recipe": str, "suite": str,  # "mmlu" or "mmlu@omlx"
      "run_key": str,              # hash of what makes items comparable (artifact, suite version, options, seed)
      "complete": bool, "n_items": int,
-     "summary": {metric: value, "<metric>_ci95": [lo, hi], "n": int, ...},
+     "summary": {metric: value, "<metric>_ci95": [lo, hi], "n": int, ...,
+                 "chance": {metric: level} | absent},  # data-dependent chance levels (truthfulqa)
      "metrics": [MetricSpec.to_json(), ...],   # what each summary metric means (absent: name patterns)
      "paired": {"vs": "float", "right_to_wrong": int, "wrong_to_right": int, "p_value": float, ...} | absent,
      "artifact": {"path", "key", "recipe_params", "plan_sha256", "bpw", "bpw_mlx", "plan_summary", ...},
@@ -43,7 +48,7 @@ from typing import Any, Optional
 
 from harness.cache import atomic_write_text
 from harness.errors import HarnessError
-from harness.suite import MetricSpec
+from harness.suite import MetricSpec, split_result_name
 
 SCHEMA = "harness.result/1"
 STALE_AFTER_S = 300  # a temp file/dir of a dead (or unknown) writer older than this is garbage
@@ -218,6 +223,16 @@ class SuiteResult:
     @property
     def key(self) -> tuple:
         return (self.model, self.recipe, self.suite)
+
+    @property
+    def suite_name(self) -> str:
+        """The suite plugin's name ('mmlu' for an 'mmlu@omlx' result)."""
+        return split_result_name(self.suite)[0]
+
+    @property
+    def variant(self) -> Optional[str]:
+        """'omlx' for an 'mmlu@omlx' result (a non-default protocol), else None."""
+        return split_result_name(self.suite)[1]
 
     @property
     def bpw(self) -> Optional[float]:

@@ -19,7 +19,7 @@ from harness.options import NoOptions, parse_options, parse_pairs, route_options
 from harness.runtime.execution import is_quantized, on_gpu, resolve_exec_mode
 from harness.results import ItemLog, clean_leftovers, item_fields, read_items, result_dir, run_lock, write_result
 from harness.sources import model_slug
-from harness.suite import SuiteContext
+from harness.suite import SuiteContext, result_name, split_result_name, with_chance
 from harness.suites_registry import get_suite
 
 
@@ -180,14 +180,14 @@ def run(opts: RunOptions, log=print) -> list:
                                progress=opts.progress and dist.writer, memory_budget_gb=opts.memory_budget)
             if getattr(suite, "needs_reference", False):
                 ctx.reference_path = reference.path()
-            log(f"[{recipe_name} / {suite.name}] exec={mode}")
+            log(f"[{recipe_name} / {result_name(suite, ctx)}] exec={mode}")
             if mode == "native" and not on_gpu() and is_quantized(model):
                 log("  note: MLX's CPU quantized matmul does not use BLAS (a few GFLOP/s): expect minutes per "
                     "4k-token prefill, and CPU speeds that say nothing about Metal")
             # one writer per results file; in an items-split run rank 0 is that writer
             writes = dist.writer or dist.distribute == "jobs"
-            lock = run_lock(result_dir(opts.out, slug, recipe_name) / f"{suite.name}.items.jsonl") if writes \
-                else contextlib.nullcontext()
+            items_file = result_dir(opts.out, slug, recipe_name) / f"{result_name(suite, ctx)}.items.jsonl"
+            lock = run_lock(items_file) if writes else contextlib.nullcontext()
             with lock:
                 result = run_suite(suite, ctx, built, opts, recipe_name, slug)
             if result is not None:  # None: a rank other than 0 (rank 0 writes)
@@ -225,13 +225,15 @@ def _streamed_handle(path: Path):
 
 def run_suite(suite, ctx: SuiteContext, built, opts: RunOptions, recipe_name: str, slug: str) -> dict:
     out_dir = result_dir(opts.out, slug, recipe_name)
+    # a non-default protocol is its own measurement: its own files (mmlu@omlx.json), rows and gate pairs
+    name = result_name(suite, ctx)
     prov = read_provenance(built.path)
     version = str(getattr(suite, "version", "1"))
     options = options_dict(ctx.options)
     run_key = sha256_bytes(json.dumps(
         [prov.get("artifact_key"), suite.name, version, ctx.exec_mode, opts.seed, options],
         sort_keys=True, default=str).encode())[:16]
-    items_path = out_dir / f"{suite.name}.items.jsonl"
+    items_path = out_dir / f"{name}.items.jsonl"
     items = suite.items(ctx)
     ids = [it["id"] for it in items]
     if len(set(ids)) != len(ids):
@@ -260,12 +262,13 @@ def run_suite(suite, ctx: SuiteContext, built, opts: RunOptions, recipe_name: st
     summary = suite.summarize(ctx, records)
     data_info = suite.data_info(ctx) if hasattr(suite, "data_info") else {}
     specs = suite.metric_specs(ctx) if hasattr(suite, "metric_specs") else getattr(suite, "metrics", ())
+    specs = with_chance(specs, summary)  # data-dependent chance levels (summary["chance"]) stored with the specs
     from harness.provenance import provenance
 
     result = {
         "model": opts.model,
         "recipe": recipe_name,
-        "suite": suite.name,
+        "suite": name,
         "run_key": run_key,
         "complete": len(records) == len(items),
         "n_items": len(records),
@@ -294,10 +297,10 @@ def run_suite(suite, ctx: SuiteContext, built, opts: RunOptions, recipe_name: st
     }
     if dist.active:
         result["provenance"]["distributed"] = dist.describe(suite.name)
-    paired = _paired_vs_float(records, opts, slug, suite.name, recipe_name)
+    paired = _paired_vs_float(records, opts, slug, name, recipe_name)
     if paired:
         result["paired"] = paired
-    write_result(out_dir / f"{suite.name}.json", result)
+    write_result(out_dir / f"{name}.json", result)
     return result
 
 
@@ -370,7 +373,7 @@ def run_cli(opts: RunOptions, epilogue=None) -> int:
 def rendered_tables(result: dict) -> str:
     """The suite's own tables for one result, rendered now from its summary data."""
     try:
-        suite = get_suite(result["suite"])
+        suite = get_suite(split_result_name(result["suite"])[0])  # mmlu@omlx: the mmlu suite
     except HarnessError:
         suite = None
     text = suite.render(result["summary"]) if suite is not None and hasattr(suite, "render") else ""

@@ -12,6 +12,7 @@ without suite-specific code.
 """
 
 import abc
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -63,7 +64,9 @@ class MetricSpec:
     item_key: Optional[str] = None  # per-item record field behind the metric (paired tests)
     description: str = ""
     # the score of a model that cannot do the task (0.25: 4-way multiple choice, 0: pass@1, a rubric
-    # score): a reference whose CI includes it cannot rank recipes (harness.report.floor.floor_effect)
+    # score): a reference whose CI includes it cannot rank recipes (harness.report.floor.floor_effect).
+    # When it depends on the data (TruthfulQA's varying number of choices), the suite's summary
+    # carries it instead: summary["chance"] = {metric: level}, which wins (chance_level below).
     chance: Optional[float] = None
 
     def __post_init__(self):
@@ -111,6 +114,13 @@ class Suite(abc.ABC):
         direct callers: notebooks, tests) a dict of key=value parsed by the one rule."""
         return options_for(self, ctx.options)
 
+    def variant(self, ctx: SuiteContext) -> Optional[str]:
+        """A name for results that must never share a file, a column or a gate with the
+        default ones: the run is stored as `<suite>@<variant>` (e.g. `mmlu@omlx`). The
+        default: the value of a `protocol` option when it is not the option's default
+        (protocol_variant); None keeps the suite's own name."""
+        return protocol_variant(self.opts(ctx))
+
     def metric_specs(self, ctx: SuiteContext) -> tuple:
         """The MetricSpecs stored with a result: `metrics`, unless a suite's metric
         names depend on its options or data (speed's contexts, lm-eval's task)."""
@@ -134,3 +144,52 @@ def options_for(suite, raw):
         raise TypeError(f"options for suite {suite.name!r} must be a dict or {cls.__name__}, not {type(raw).__name__}")
     routed = route_options(raw, {suite.name: cls})
     return parse_options(cls, routed[suite.name], suite.name)
+
+
+VARIANT_SEP = "@"  # <suite>@<variant>: the results name of a run under a non-default protocol
+
+
+def protocol_variant(options) -> Optional[str]:
+    """The `protocol` option's value when it differs from its declared default, else None.
+    Runs of different protocols are different measurements (lm-eval log-likelihood vs omlx's
+    generative prompt): each gets its own results file, report rows and gate pairing."""
+    if not dataclasses.is_dataclass(options) or isinstance(options, type):
+        return None
+    f = next((f for f in dataclasses.fields(options) if f.name == "protocol"), None)
+    if f is None or f.default is dataclasses.MISSING:
+        return None
+    value = getattr(options, "protocol", None)
+    return None if value in (None, f.default) else str(value)
+
+
+def result_name(suite, ctx: SuiteContext) -> str:
+    """What a run's results are stored and reported as: the suite's name, or
+    `<name>@<variant>` (Suite.variant; duck-typed suites: the protocol rule)."""
+    if hasattr(suite, "variant"):
+        variant = suite.variant(ctx)
+    else:
+        variant = protocol_variant(ctx.options)
+    return f"{suite.name}{VARIANT_SEP}{variant}" if variant else suite.name
+
+
+def split_result_name(name: str) -> tuple:
+    """'mmlu@omlx' -> ('mmlu', 'omlx'); 'mmlu' -> ('mmlu', None)."""
+    base, sep, variant = name.partition(VARIANT_SEP)
+    return base, (variant if sep else None)
+
+
+def chance_level(spec, summary: Optional[dict] = None) -> Optional[float]:
+    """The chance level of a metric: the summary's data-dependent one (summary["chance"][name],
+    e.g. TruthfulQA MC1 = mean of 1/n_choices) when the suite reported one, else the spec's."""
+    levels = (summary or {}).get("chance")
+    if isinstance(levels, dict):
+        value = levels.get(spec.name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return spec.chance
+
+
+def with_chance(specs, summary: dict) -> tuple:
+    """The specs with each data-dependent chance level of the summary filled in (what a result
+    stores, so its declarations say the level its floor check used)."""
+    return tuple(dataclasses.replace(s, chance=chance_level(s, summary)) for s in specs)

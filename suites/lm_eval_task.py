@@ -9,7 +9,9 @@ documents of each leaf task, as lm-eval's own `--limit` does.
 Options (`--opt`, `LMEvalOptions`): shots, batch_size (8), chunk (64 docs per lm-eval
 call), include_path (a folder of custom task YAMLs), chat_template (true/false; default:
 the model's template if it has one, like mlx_lm.evaluate). Metrics are declared from
-lm-eval's own `higher_is_better` for the task (`metric_specs`).
+lm-eval's own `higher_is_better` for the task (`metric_specs`). For multiple-choice tasks with one
+gold answer the summary reports acc/acc_norm's chance level (mean 1/n_choices of the documents
+scored: summary["chance"]) for the floor-effect check.
 """
 
 import fnmatch
@@ -169,7 +171,33 @@ class LMEvalSuite(Suite):
                 summary[f"{k}_ci95"] = [mean - 1.96 * sd / math.sqrt(len(vs)), mean + 1.96 * sd / math.sqrt(len(vs))]
         if len(per_task) > 1:
             summary["per_task"] = {t: {k: sum(v) / len(v) for k, v in m.items()} for t, m in per_task.items()}
+        chance = self._chance(ctx, records)
+        if chance is not None:
+            summary["chance"] = {k: chance for k in ("acc", "acc_norm") if k in summary}
         return summary
+
+    def _chance(self, ctx, records) -> Optional[float]:
+        """acc / acc_norm of a model that guesses: mean of 1/n_choices over the documents scored,
+        for multiple-choice tasks with one gold answer and lm-eval's own scoring (a custom
+        process_results, e.g. truthfulqa_mc2's, is another metric: no level). None otherwise."""
+        tasks = self._leaf_tasks(ctx)
+        levels = []
+        for r in records:
+            leaf, _, doc = str(r.get("id", "")).rpartition(":")
+            task = tasks.get(leaf)
+            cfg = getattr(task, "config", None)
+            if task is None or getattr(task, "OUTPUT_TYPE", None) != "multiple_choice" \
+                    or getattr(cfg, "process_results", None) is not None or getattr(task, "multiple_target", 0):
+                return None
+            try:
+                d = task.eval_docs[int(doc)]
+                choices, target = task.doc_to_choice(d), task.doc_to_target(d)
+            except Exception:  # a task whose documents cannot be read back here: no level
+                return None
+            if isinstance(target, (list, tuple)) or not choices:
+                return None
+            levels.append(1.0 / len(choices))
+        return sum(levels) / len(levels) if levels else None
 
     def data_info(self, ctx) -> dict:
         from importlib.metadata import version

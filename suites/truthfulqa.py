@@ -22,6 +22,11 @@ just the letter.", greedy generation, the first valid letter graded after removi
 thinking; `--limit N` takes omlx's seed-42 sample of N (the card used 300). Each record carries
 thinking/answer token counts, budget flags and generation-health flags (harness.runtime).
 
+Chance levels depend on the questions (2 to 13 choices each), so the summary reports them
+(summary["chance"], harness.suite.chance_level; the floor-effect check reads it): MC1 and omlx_mc1
+= mean over the questions scored of 1/n_choices (one true answer: a random guess), MC2 = mean of
+n_true / (n_true + n_false) (what a model with the same likelihood for every answer scores).
+
 Data: the hub's `truthfulqa/truthful_qa` "multiple_choice" validation split (817 questions)
 through `datasets` (the network once, then the datasets cache), or `--opt data=PATH`: a JSONL
 file (or JSON list) of rows in the hub's schema {question, mc1_targets: {choices, labels},
@@ -305,6 +310,20 @@ def score_omlx(model, tokenizer, items: list, opts: TruthfulQAOptions, progress:
                "output": out["text"][-2000:], **out["record"]}
 
 
+# ---------------------------------------------------------------- chance levels
+
+
+def chance_levels(items: list, protocol: str = "lm-eval") -> dict:
+    """{metric: chance level} over these items (the ones scored). lm-eval items carry mc1/mc2
+    (choices, labels); omlx items their shuffled mc1 "choices" (one correct)."""
+    if not items:
+        return {}
+    if protocol == "omlx":
+        return {"omlx_mc1": float(np.mean([1.0 / len(it["choices"]) for it in items]))}
+    return {"mc1": float(np.mean([1.0 / len(it["mc1"][0]) for it in items])),
+            "mc2": float(np.mean([sum(1 for x in it["mc2"][1] if x == 1) / len(it["mc2"][1]) for it in items]))}
+
+
 # ---------------------------------------------------------------- suite
 
 
@@ -368,6 +387,8 @@ class TruthfulQASuite(Suite):
         n = len(records)
         k = sum(bool(r["correct"]) for r in records)
         acc = {"n": n, "protocol": opts.protocol}
+        # the chance levels of exactly the questions scored (a --limit or a resumed run changes them)
+        acc["chance"] = chance_levels(self._scored_items(opts, records), opts.protocol)
         name = "omlx_mc1" if opts.protocol == "omlx" else "mc1"
         acc[name] = k / n if n else 0.0
         acc[f"{name}_ci95"] = list(wilson_ci(k, n))
@@ -380,6 +401,12 @@ class TruthfulQASuite(Suite):
             acc["mc2"] = float(np.mean(mc2)) if n else 0.0
             acc["mc2_ci95"] = list(bootstrap_ci(mc2, seed=ctx.seed)) if n else [0.0, 1.0]
         return acc
+
+    def _scored_items(self, opts: TruthfulQAOptions, records: list) -> list:
+        data = self._data(opts)
+        pool = omlx.truthfulqa_items(data["rows"]) if opts.protocol == "omlx" else data["items"]
+        by_id = {it["id"]: it for it in pool}
+        return [by_id[r["id"]] for r in records if r["id"] in by_id]
 
     def data_info(self, ctx) -> dict:
         opts = self.options(ctx)

@@ -81,6 +81,9 @@ def test_lm_eval_passthrough_matches_direct_scoring(local_task, tmp_path, capsys
     # metrics declared from lm-eval's own higher_is_better for the task
     assert {m["name"]: (m["higher_is_better"], m["kind"], m["max_drop"]) for m in res["metrics"]} == \
         {"acc": (True, "proportion", 0.02), "n": (None, "count", None)}
+    # chance of a guesser on these documents (3, 2, 3, 2, 2 choices), stored in the summary and the spec
+    assert res["summary"]["chance"] == {"acc": pytest.approx((1 / 3 + 1 / 2 + 1 / 3 + 1 / 2 + 1 / 2) / 5)}
+    assert next(m for m in res["metrics"] if m["name"] == "acc")["chance"] == pytest.approx(13 / 30)
     assert res["provenance"]["options"]["chat_template"] is False and res["provenance"]["options"]["chunk"] == 64
 
 

@@ -4,7 +4,10 @@ When the reference (float) itself scores at the floor or at chance, every recipe
 scores there too and a difference between them is noise: a 0/100 questionnaire on
 a 135M model says nothing about which quantization is better. A metric is at the
 floor when its suite declared a `chance` level (MetricSpec.chance: 0.25 for 4-way
-multiple choice, 0 for pass@1 or a rubric score) and the reference's
+multiple choice, 0 for pass@1 or a rubric score; or, when it depends on the data, the
+level the suite reported in the summary's "chance" mapping: TruthfulQA MC1 is the mean
+of 1/n_choices over the questions scored, MC2 the mean share of true answers) and the
+reference's
 
 * 95 % CI includes that chance level, or
 * value is near it: within NEAR of the scale above the chance level (10 %:
@@ -20,6 +23,7 @@ chance level are never called "at the floor".
 from typing import Optional
 
 from harness.report.metrics import ci95, fmt_value, from_spec, is_ci, is_number
+from harness.suite import chance_level
 
 NEAR = 0.10  # "near the floor": this share of the scale above chance
 SCALE_TOP = {"proportion": 1.0, "points": 100.0}  # the best score of each kind
@@ -38,14 +42,15 @@ def floor_effect(reference_result, metric_spec) -> Optional[str]:
     reference_result: a SuiteResult (summary, suite, recipe); metric_spec: a MetricSpec
     (or a metric name looked up in the result's declarations)."""
     spec = _spec_of(reference_result, metric_spec)
-    if spec is None or getattr(spec, "chance", None) is None or spec.higher_is_better is not True:
+    if spec is None or spec.higher_is_better is not True:
         return None
     summary = reference_result.summary or {}
+    chance = chance_level(spec, summary)  # the summary's data-dependent level first, then the declared one
     value = summary.get(spec.name)
-    if not is_number(value):
+    if chance is None or not is_number(value):
         return None
     ci = ci95(summary, spec.name)
-    chance = float(spec.chance)
+    chance = float(chance)
     top = SCALE_TOP.get(spec.kind)
     at_chance = is_ci(ci) and ci[0] <= chance <= ci[1]
     near_zero = top is not None and value <= chance + NEAR * (top - chance)
