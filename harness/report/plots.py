@@ -19,7 +19,7 @@ from harness.cache import atomic_file
 from harness.report.compare import EQUAL_BPW, recipe_order
 from harness.report.metrics import _is_number, ci95, info_of, metric_label
 from harness.report.tables import (DEDICATED, _ctx_label, benchmark_metrics, depth_label, depth_rows,
-                                   fidelity_metrics, speed_groups, speed_rows)
+                                   fidelity_metrics, speed_groups, speed_hardware, speed_rows)
 from harness.results import SuiteResult
 
 STYLE = {"font.size": 11, "axes.titlesize": 13, "axes.labelsize": 11, "legend.fontsize": 9.5,
@@ -141,27 +141,31 @@ def pareto_plot(per_recipe: dict, suite: str, metric: str, styles: dict, stem: P
     return _save(fig, stem)
 
 
-def tps_figure(series: dict, styles: dict, xlabel: str, tick_label=_ctx_label) -> Figure:
-    """Prefill and generation tok/s panels, one line per series: {label: (recipe, [(x, pp, tg, ...)])}.
-    Log-2 x axis; a 0 (depth 0: empty cache) keeps its place on a symlog axis linear below the
-    smallest positive x."""
+def tps_figure(series: dict, styles: dict, xlabel: str, tick_label=_ctx_label,
+               titles=("Prefill (PP)", "Generation (TG)")) -> Figure:
+    """Prefill and generation tok/s panels, one line per series: {label: (recipe, [(x, pp, tg, ...)])},
+    on a log-2 x axis. An x of 0 (depth 0: an empty cache) has no place on a log axis, so it is drawn
+    one octave left of the smallest positive x and labelled by tick_label(0)."""
     fig = _figure(11.5, 4.4)
     axes = fig.subplots(1, 2)
     xs = sorted({row[0] for _, rows in series.values() for row in rows})
-    for ax, col, title in ((axes[0], 1, "Prefill (PP)"), (axes[1], 2, "Generation (TG)")):
+    positive = [x for x in xs if x > 0]
+    zero_at = positive[0] / 2 if positive else 1
+
+    def place(x):
+        return x if x > 0 else zero_at
+
+    for ax, col, title in ((axes[0], 1, titles[0]), (axes[1], 2, titles[1])):
         for label, (recipe, rows) in series.items():
-            pts = [(row[0], row[col]) for row in rows if row[col] is not None]
+            pts = [(place(row[0]), row[col]) for row in rows if row[col] is not None]
             if pts:
                 color, marker = styles[recipe]
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color, lw=1.8,
                         markersize=7, label=label)
-        positive = [x for x in xs if x > 0]
-        if len(xs) > 1 and positive:
-            if xs[0] > 0:
-                ax.set_xscale("log", base=2)
-            else:
-                ax.set_xscale("symlog", base=2, linthresh=positive[0], linscale=0.5)
-        ax.set_xticks(xs)
+        if len(xs) > 1:
+            ax.set_xscale("log", base=2)
+            ax.minorticks_off()
+        ax.set_xticks([place(x) for x in xs])
         ax.set_xticklabels([tick_label(x) for x in xs])
         ax.set_xlabel(xlabel)
         ax.set_ylabel("tokens / second (higher is better)")
@@ -175,14 +179,17 @@ def tps_figure(series: dict, styles: dict, xlabel: str, tick_label=_ctx_label) -
 
 def _speed_series(per_recipe: dict, rows_of) -> dict:
     """{legend label: (recipe, rows)}; recipes measured on other hardware / exec modes than the
-    first are labelled with theirs, so no line passes for a like-for-like comparison it is not."""
-    groups = speed_groups(per_recipe, list(per_recipe))
+    first are labelled with theirs (short: device, mode; the report's tables give the full line),
+    so no line passes for a like-for-like comparison it is not."""
+    rows_by = {name: rows_of(r.summary) for name, r in per_recipe.items()}
+    groups = speed_groups(per_recipe, [name for name, rows in rows_by.items() if rows])
     out = {}
-    for hardware, names in groups:
+    for _, names in groups:
         for name in names:
-            rows = rows_of(per_recipe[name].summary)
-            if rows:
-                out[name if len(groups) == 1 else f"{name} ({hardware})"] = (name, rows)
+            r, rows = per_recipe[name], rows_by[name]
+            h = speed_hardware(r)
+            short = f"{h.get('metal_device') or h.get('cpu') or '?'}, {r.provenance.get('exec_mode', '?')}"
+            out[name if len(groups) == 1 else f"{name} ({short})"] = (name, rows)
     return out
 
 
@@ -200,10 +207,9 @@ def depth_figure(per_recipe: dict, styles: dict) -> Optional[Figure]:
     if not series:
         return None
     pps = sorted({row[4] for _, rows in series.values() for row in rows if row[4]})
-    fig = tps_figure(series, styles, "depth: tokens already in the KV cache", depth_label)
-    fig.suptitle("tok/s vs context depth" + (f" (prompt of {', '.join(map(str, pps))} tokens timed at each depth)"
-                                             if pps else ""))
-    return fig
+    pp = f"pp{'/'.join(map(str, pps))}" if pps else "PP"
+    return tps_figure(series, styles, "depth: tokens already in the KV cache", depth_label,
+                      (f"Prefill ({pp}) at depth", "Generation (TG) at depth"))
 
 
 def depth_plot(per_recipe: dict, styles: dict, stem: Path) -> Optional[list]:
