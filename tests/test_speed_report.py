@@ -224,3 +224,10 @@ def test_context_plot_unlabelled_when_only_the_depth_sweep_ran_elsewhere(results
     assert list(_speed_series(per_recipe, speed_rows)) == ["float", "q4"]  # q2 has no context sweep
     assert list(_speed_series(per_recipe, depth_rows)) == ["float (Test CPU, native)", "q4 (Test CPU, native)",
                                                            "q2 (Apple M9, native)"]
+
+
+def test_different_prompt_lengths_are_different_rows(results):
+    write_speed(results, "q2", 2.5, depth_summary({0: (2000.0, 200.0, 0.3)}, pp=256))
+    md = make_report(ReportOptions(results=results))
+    assert cells(md, "pp256 @ d0")[0] == ["pp256 @ d0", "PP tok/s (pp256)", "-", "-", "2000.0"]
+    assert cells(md, "pp512 @ d0")[0] == ["pp512 @ d0", "PP tok/s (pp512)", "1000.0", "1500.0 (×1.50)", "-"]

@@ -445,7 +445,7 @@ def speed_groups(per_recipe: dict, recipes: list) -> list:
 def _sweep_rows(parsed: dict, names: list, label: Callable, columns: tuple, reference: Optional[str]) -> list:
     """Rows = (point, measure), one cell per recipe; with a reference among the names, each other
     recipe's cell in a ratio column carries its ratio to the reference (×1.05 = 5 % faster).
-    parsed: {recipe: {x: row}}; columns: (row index, header or header(x, parsed), format, ratio?)."""
+    parsed: {recipe: {x: row}}; columns: (row index, header or header(x), format, ratio?)."""
     points = sorted({x for rows in parsed.values() for x in rows})
     out = []
     for x in points:
@@ -461,7 +461,7 @@ def _sweep_rows(parsed: dict, names: list, label: Callable, columns: tuple, refe
                 if v is not None and ratio and ref and n != reference:
                     cell += f" (×{v / ref:.2f})"
                 cells.append(cell)
-            out.append([label(x, parsed), head(x, parsed) if callable(head) else head, *cells])
+            out.append([label(x), head(x) if callable(head) else head, *cells])
     return out
 
 
@@ -475,10 +475,11 @@ def speed_section(doc: Doc, per_recipe: dict, recipes: list, level: int, referen
     for hardware, group in speed_groups(per_recipe, recipes):
         parsed = {n: {row[0]: row for row in speed_rows(per_recipe[n].summary)} for n in group}
         names = [n for n in group if parsed.get(n)]
-        rows = _sweep_rows({n: parsed[n] for n in names}, names, lambda c, _: _ctx_label(c),
+        rows = _sweep_rows({n: parsed[n] for n in names}, names, _ctx_label,
                            ((1, "Prefill (PP, tok/s)", "{:.1f}", True), (2, "Generation (TG, tok/s)", "{:.1f}", True),
                             (3, "Peak memory (GB)", "{:.2f}", False)), None)
-        depths = {n: {row[0]: row for row in depth_rows(per_recipe[n].summary)} for n in group}
+        # keyed by (depth, pp): prompts of different lengths are different measurements, never one row
+        depths = {n: {(row[0], row[4]): row for row in depth_rows(per_recipe[n].summary)} for n in group}
         depth_names = [n for n in group if depths.get(n)]
         if not rows and not depth_names:
             continue
@@ -489,10 +490,10 @@ def speed_section(doc: Doc, per_recipe: dict, recipes: list, level: int, referen
             doc.table(Table(["Context", "", *names], rows, f"Measured on {hardware}. " + _SPEED_LEGEND))
         if depth_names:
             ref = reference if reference in depth_names else None
-            pp_head = lambda d, parsed: (  # noqa: E731
-                "PP tok/s" + "".join(sorted({f" (pp{p[d][4]})" for p in parsed.values() if p.get(d)})))
-            drows = _sweep_rows({n: depths[n] for n in depth_names}, depth_names, lambda d, _: depth_label(d),
-                                ((1, pp_head, "{:.1f}", True), (2, "TG tok/s", "{:.1f}", True),
+            one_pp = len({pp for n in depth_names for _, pp in depths[n]}) == 1
+            drows = _sweep_rows({n: depths[n] for n in depth_names}, depth_names,
+                                lambda x: depth_label(x[0], None if one_pp else x[1]),
+                                ((1, lambda x: f"PP tok/s (pp{x[1]})", "{:.1f}", True), (2, "TG tok/s", "{:.1f}", True),
                                  (3, "Peak memory (GB)", "{:.2f}", False)),
                                 ref)
             doc.table(Table(["Depth", "", *depth_names], drows,
