@@ -244,7 +244,7 @@ def build_doc(results: list, model_card: bool = False, plot_files: Optional[dict
         health_diffs = health_section(doc, by_suite, recipes, level, reference)
         if "fidelity" in by_suite:
             fidelity_section(doc, by_suite["fidelity"], recipes, diffs, level)
-        if "speed" in by_suite and not speed_section(doc, by_suite["speed"], recipes, level):
+        if "speed" in by_suite and not speed_section(doc, by_suite["speed"], recipes, level, reference):
             generic_section(doc, "speed", by_suite["speed"], recipes, set(), level)
         for suite, per_recipe in by_suite.items():
             if model_card:

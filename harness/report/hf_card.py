@@ -31,8 +31,8 @@ from harness.report.card import _equal_size_notes, compared_metrics, provenance_
 from harness.report.compare import compare_metric, delta_text, latest_by_key, load_results, recipe_order
 from harness.report.metrics import ci95, fmt_ci, fmt_value, info_of, metric_info, metric_label, p_eq
 from harness.report.render import Doc, Table, render_markdown
-from harness.report.tables import (DEDICATED, _vs_float_suffix, benchmark_metrics, diffs_vs_float,
-                                   fidelity_section, speed_rows, _ctx_label)
+from harness.report.tables import (DEDICATED, _vs_float_suffix, benchmark_metrics, depth_label, depth_rows,
+                                   diffs_vs_float, fidelity_section, speed_groups, speed_rows, _ctx_label)
 from harness.report.quant_details import load_plan, quantization_rows, source_info
 from harness.stats import wilson_ci
 from harness.suite import chance_level, split_result_name
@@ -233,29 +233,41 @@ def _reasoning_section(doc: Doc, per_recipe: dict, columns: list, target: str, r
 
 
 def _speed_section(doc: Doc, per_recipe: dict, target: str, reference: str) -> None:
-    shown = [n for n in (target, reference) if n in per_recipe and speed_rows(per_recipe[n].summary)]
-    if target not in shown:
+    """'Context | PP | TG' (the REAP card's), then the depth sweep's rows (llama-bench's pp512 @ d4k:
+    the prompt processed on top of d tokens already in the KV cache), with the reference beside them
+    when it was measured on the same hardware and exec mode."""
+    r = per_recipe.get(target)
+    if r is None or not (speed_rows(r.summary) or depth_rows(r.summary)):
         return
-    parsed = {n: {row[0]: row for row in speed_rows(per_recipe[n].summary)} for n in shown}
+    hardware = dict(speed_groups(per_recipe, [target, reference]))
+    same = reference in per_recipe and reference != target and any(
+        target in names and reference in names for names in hardware.values())
+    shown = [target] + ([reference] if same else [])
+    contexts = {n: [(_ctx_label(row[0]), row) for row in speed_rows(per_recipe[n].summary)] for n in shown}
+    depths = {n: [(depth_label(row[0], row[4]) + " (depth)", row) for row in depth_rows(per_recipe[n].summary)]
+              for n in shown}
     headers = ["Context", "Prefill (PP, tok/s)", "Generation (TG, tok/s)", "Peak memory (GB)"]
-    if len(shown) > 1:
+    if same:
         headers += [f"PP {reference}", f"TG {reference}"]
     rows = []
-    for ctx in sorted(parsed[target]):
-        _, pp, tg, mem = parsed[target][ctx]
-        row = [_ctx_label(ctx), *("-" if v is None else f"{v:.{d}f}" for v, d in ((pp, 1), (tg, 1), (mem, 2)))]
-        if len(shown) > 1:
-            _, rpp, rtg, _ = parsed[reference].get(ctx, (None,) * 4)
-            row += ["-" if v is None else f"{v:.1f}" for v in (rpp, rtg)]
-        rows.append(row)
-    r = per_recipe[target]
-    h = r.provenance.get("hardware") or {}
-    device = h.get("metal_device") or h.get("mlx_device") or "?"
+    for sweep in (contexts, depths):
+        ref = dict(sweep.get(reference, []))
+        for label, (_, pp, tg, mem, *_) in sweep[target]:
+            row = [label, *("-" if v is None else f"{v:.{d}f}" for v, d in ((pp, 1), (tg, 1), (mem, 2)))]
+            if same:
+                _, rpp, rtg, *_ = ref.get(label, (None,) * 5)
+                row += ["-" if v is None else f"{v:.1f}" for v in (rpp, rtg)]
+            rows.append(row)
+    label = next(h for h, names in hardware.items() if target in names)
+    caption = f"Hardware: {label}. PP = prompt tokens / time to first token, TG = generated tokens / s " \
+              "(mlx_lm.benchmark conventions)."
+    if depths[target]:
+        caption += (" Rows marked (depth), llama-bench's pp N @ d D: the KV cache already holds D tokens, "
+                    "then a prompt of N tokens is timed (PP) and TG is measured after it.")
+    if reference in per_recipe and reference != target and not same:
+        caption += f" {reference} was measured on other hardware or in another exec mode, so it is not shown beside."
     doc.h(2, "Speed")
-    doc.table(Table(headers, rows,
-                    f"Hardware: {h.get('cpu', '?')} ({h.get('cpu_count', '?')} cores, {h.get('memory_gb', '?')} GB), "
-                    f"MLX device {device}; exec mode {r.provenance.get('exec_mode', '?')}. PP = prompt tokens / time "
-                    "to first token, TG = generated tokens / s (mlx_lm.benchmark conventions)."))
+    doc.table(Table(headers, rows, caption))
 
 
 def _details_section(doc: Doc, target, plan: Optional[Plan]) -> None:

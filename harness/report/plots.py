@@ -1,4 +1,5 @@
-"""Report plots (PNG + SVG): bpw vs quality Pareto, tok/s vs context, oQ per-layer sensitivity.
+"""Report plots (PNG + SVG): bpw vs quality Pareto, tok/s vs context and vs depth (the speed
+suite's llama-bench -d sweep), oQ per-layer sensitivity.
 
 Figures are built with matplotlib's object API (no pyplot global state, no GUI
 backend), written atomically, and sized so text stays legible when a PNG is
@@ -17,7 +18,8 @@ from matplotlib.figure import Figure
 from harness.cache import atomic_file
 from harness.report.compare import EQUAL_BPW, recipe_order
 from harness.report.metrics import _is_number, ci95, info_of, metric_label
-from harness.report.tables import DEDICATED, benchmark_metrics, fidelity_metrics, speed_rows
+from harness.report.tables import (DEDICATED, _ctx_label, benchmark_metrics, depth_label, depth_rows,
+                                   fidelity_metrics, speed_groups, speed_hardware, speed_rows)
 from harness.results import SuiteResult
 
 STYLE = {"font.size": 11, "axes.titlesize": 13, "axes.labelsize": 11, "legend.fontsize": 9.5,
@@ -139,34 +141,80 @@ def pareto_plot(per_recipe: dict, suite: str, metric: str, styles: dict, stem: P
     return _save(fig, stem)
 
 
-def speed_plot(per_recipe: dict, styles: dict, stem: Path) -> Optional[list]:
-    """Prefill and generation tok/s against context length, one line per recipe."""
-    series = {name: speed_rows(r.summary) for name, r in per_recipe.items()}
-    series = {k: v for k, v in series.items() if v}
-    if not series:
-        return None
+def tps_figure(series: dict, styles: dict, xlabel: str, tick_label=_ctx_label,
+               titles=("Prefill (PP)", "Generation (TG)")) -> Figure:
+    """Prefill and generation tok/s panels, one line per series: {label: (recipe, [(x, pp, tg, ...)])},
+    on a log-2 x axis. An x of 0 (depth 0: an empty cache) has no place on a log axis, so it is drawn
+    one octave left of the smallest positive x and labelled by tick_label(0)."""
     fig = _figure(11.5, 4.4)
     axes = fig.subplots(1, 2)
-    contexts = sorted({row[0] for rows in series.values() for row in rows})
-    for ax, col, title in ((axes[0], 1, "Prefill (PP)"), (axes[1], 2, "Generation (TG)")):
-        for name, rows in series.items():
-            pts = [(row[0], row[col]) for row in rows if row[col] is not None]
+    xs = sorted({row[0] for _, rows in series.values() for row in rows})
+    positive = [x for x in xs if x > 0]
+    zero_at = positive[0] / 2 if positive else 1
+
+    def place(x):
+        return x if x > 0 else zero_at
+
+    for ax, col, title in ((axes[0], 1, titles[0]), (axes[1], 2, titles[1])):
+        for label, (recipe, rows) in series.items():
+            pts = [(place(row[0]), row[col]) for row in rows if row[col] is not None]
             if pts:
-                color, marker = styles[name]
+                color, marker = styles[recipe]
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color, lw=1.8,
-                        markersize=7, label=name)
-        if len(contexts) > 1 and contexts[0] > 0:
+                        markersize=7, label=label)
+        if len(xs) > 1:
             ax.set_xscale("log", base=2)
-        ax.set_xticks(contexts)
-        ax.set_xticklabels([f"{c // 1024}k" if c >= 1024 and c % 1024 == 0 else str(c) for c in contexts])
-        ax.set_xlabel("context length (tokens)")
+            ax.minorticks_off()
+        ax.set_xticks([place(x) for x in xs])
+        ax.set_xticklabels([tick_label(x) for x in xs])
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("tokens / second (higher is better)")
         ax.set_title(title)
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right upper", title="recipe")  # outside: never hides a line
-    return _save(fig, stem)
+    return fig
+
+
+def _speed_series(per_recipe: dict, rows_of) -> dict:
+    """{legend label: (recipe, rows)}; recipes measured on other hardware / exec modes than the
+    first are labelled with theirs (short: device, mode; the report's tables give the full line),
+    so no line passes for a like-for-like comparison it is not."""
+    rows_by = {name: rows_of(r.summary) for name, r in per_recipe.items()}
+    groups = speed_groups(per_recipe, [name for name, rows in rows_by.items() if rows])
+    out = {}
+    for _, names in groups:
+        for name in names:
+            r, rows = per_recipe[name], rows_by[name]
+            h = speed_hardware(r)
+            short = f"{h.get('metal_device') or h.get('cpu') or '?'}, {r.provenance.get('exec_mode', '?')}"
+            out[name if len(groups) == 1 else f"{name} ({short})"] = (name, rows)
+    return out
+
+
+def speed_plot(per_recipe: dict, styles: dict, stem: Path) -> Optional[list]:
+    """Prefill and generation tok/s against context length, one line per recipe."""
+    series = _speed_series(per_recipe, speed_rows)
+    if not series:
+        return None
+    return _save(tps_figure(series, styles, "context length (tokens)"), stem)
+
+
+def depth_figure(per_recipe: dict, styles: dict) -> Optional[Figure]:
+    """The depth sweep (llama-bench -d): PP and TG tok/s against the tokens already in the KV cache."""
+    series = _speed_series(per_recipe, depth_rows)
+    if not series:
+        return None
+    pps = sorted({row[4] for _, rows in series.values() for row in rows if row[4]})
+    pp = f"pp{'/'.join(map(str, pps))}" if pps else "PP"
+    return tps_figure(series, styles, "depth: tokens already in the KV cache", depth_label,
+                      (f"Prefill ({pp}) at depth", "Generation (TG) at depth"))
+
+
+def depth_plot(per_recipe: dict, styles: dict, stem: Path) -> Optional[list]:
+    fig = depth_figure(per_recipe, styles)
+    return _save(fig, stem) if fig is not None else None
 
 
 def read_sensitivity(artifact_path) -> Optional[tuple]:
@@ -265,6 +313,8 @@ def write_plots(results: list, out_dir: Path) -> list:
     if "speed" in by_suite:
         jobs.append((partial(speed_plot, by_suite["speed"], styles, out_dir / "speed_vs_context"),
                      "tokens/s vs context length"))
+        jobs.append((partial(depth_plot, by_suite["speed"], styles, out_dir / "speed_vs_depth"),
+                     "tokens/s vs context depth (llama-bench -d sweep)"))
     artifacts = {}
     for r in sorted(results, key=lambda r: recipes.index(r.recipe)):
         artifacts.setdefault(r.artifact.get("path"), r)

@@ -385,29 +385,124 @@ def speed_rows(summary: dict) -> list:
     return [rows[c] for c in sorted(rows)]
 
 
+_DEPTH_KEY_RE = re.compile(r"^(?:(?P<kind>[a-z]+)_)?(?:pp(?P<pp>\d+)_tps|(?P<what>tg_tps|peak_memory_gb))_d(?P<d>\d+)$")
+
+
+def depth_rows(summary: dict) -> list:
+    """[(depth, pp_tps, tg_tps, peak_mem, pp)] from the speed suite's depth sweep (llama-bench's
+    pp512 @ d4096: keys pp512_tps_d4096 / tg_tps_d4096 / peak_memory_gb_d4096), for the headline
+    random prompt (another prompt kind only when the sweep has no random one); [] without a sweep."""
+    flat = {}  # prompt kind -> {depth: [pp_tps, tg_tps, mem, pp]}
+    for k, v in summary.items():
+        m = _DEPTH_KEY_RE.match(k)
+        if not m or not _is_number(v):
+            continue
+        slot = flat.setdefault(m["kind"] or "", {}).setdefault(int(m["d"]), [None, None, None, None])
+        if m["pp"]:
+            slot[0], slot[3] = float(v), int(m["pp"])
+        else:
+            slot[1 if m["what"] == "tg_tps" else 2] = float(v)
+    kind = "" if "" in flat else next(iter(sorted(flat)), None)
+    rows = flat.get(kind) or {}
+    return [(d, *rows[d]) for d in sorted(rows) if rows[d][0] is not None or rows[d][1] is not None]
+
+
 def _ctx_label(ctx: int) -> str:
     return f"{ctx // 1024}k" if ctx >= 1024 and ctx % 1024 == 0 else str(ctx)
 
 
-def speed_section(doc: Doc, per_recipe: dict, recipes: list, level: int) -> bool:
-    """Rows = (context, PP | TG | memory), one column per recipe."""
-    parsed = {name: {row[0]: row for row in speed_rows(r.summary)} for name, r in per_recipe.items()}
-    contexts = sorted({c for rows in parsed.values() for c in rows})
-    if not contexts:
-        return False
-    names = [n for n in recipes if parsed.get(n)]
-    rows = []
-    for ctx in contexts:
-        for col, label, fmt in ((1, "Prefill (PP, tok/s)", "{:.1f}"), (2, "Generation (TG, tok/s)", "{:.1f}"),
-                                (3, "Peak memory (GB)", "{:.2f}")):
-            cells = [parsed[n].get(ctx, (None,) * 4)[col] for n in names]
-            if any(c is not None for c in cells):
-                rows.append([_ctx_label(ctx), label, *("-" if c is None else fmt.format(c) for c in cells)])
-    exec_modes = sorted({r.provenance.get("exec_mode", "?") for r in per_recipe.values()})
-    doc.h(level, "Speed")
-    doc.table(Table(["Context", "", *names], rows, f"Measured with exec mode {', '.join(exec_modes)}; PP = prompt "
-                    "tokens / time to first token, TG = generated tokens / s (mlx_lm.benchmark conventions)."))
-    return True
+def depth_label(depth: int, pp: Optional[int] = None) -> str:
+    """llama-bench's 'pp512 @ d4096' (depth in k when whole)."""
+    return (f"pp{pp} @ " if pp else "") + f"d{_ctx_label(depth)}"
+
+
+def speed_hardware(r) -> dict:
+    """The hardware a speed result was measured on: the run's provenance (one layout for every result),
+    else the speed suite's own record in its summary."""
+    h = r.summary.get("hardware") if isinstance(r.summary.get("hardware"), dict) else None
+    return r.provenance.get("hardware") or h or {}
+
+
+def hardware_label(h: dict, exec_mode: Optional[str] = None) -> str:
+    """'Test CPU (2 cores, 8.0 GB), MLX device Device(cpu, 0), OpenBLAS; exec mode native'."""
+    dev = h.get("metal_device") or h.get("mlx_device") or h.get("device") or "?"
+    text = (f"{h.get('cpu', '?')} ({h.get('cpu_count', '?')} cores, {h.get('memory_gb', '?')} GB), MLX device {dev}"
+            + (", OpenBLAS" if h.get("openblas") else ""))
+    return text + (f"; exec mode {exec_mode}" if exec_mode else "")
+
+
+def speed_groups(per_recipe: dict, recipes: list) -> list:
+    """[(hardware label, [recipe, ...])]: recipes measured on the same hardware and exec mode.
+    Speeds from different machines or modes never share a table (nor a ratio)."""
+    groups: dict = {}
+    for name in recipes:
+        r = per_recipe.get(name)
+        if r is not None:
+            groups.setdefault(hardware_label(speed_hardware(r), r.provenance.get("exec_mode", "?")), []).append(name)
+    return list(groups.items())
+
+
+def _sweep_rows(parsed: dict, names: list, label: Callable, columns: tuple, reference: Optional[str]) -> list:
+    """Rows = (point, measure), one cell per recipe; with a reference among the names, each other
+    recipe's cell in a ratio column carries its ratio to the reference (×1.05 = 5 % faster).
+    parsed: {recipe: {x: row}}; columns: (row index, header or header(x), format, ratio?)."""
+    points = sorted({x for rows in parsed.values() for x in rows})
+    out = []
+    for x in points:
+        for col, head, fmt, ratio in columns:
+            values = {n: parsed[n].get(x, (None,) * 5)[col] for n in names}
+            if all(v is None for v in values.values()):
+                continue
+            ref = values.get(reference) if reference in names else None
+            cells = []
+            for n in names:
+                v = values[n]
+                cell = "-" if v is None else fmt.format(v)
+                if v is not None and ratio and ref and n != reference:
+                    cell += f" (×{v / ref:.2f})"
+                cells.append(cell)
+            out.append([label(x), head(x) if callable(head) else head, *cells])
+    return out
+
+
+_SPEED_LEGEND = "PP = prompt tokens / time to first token, TG = generated tokens / s (mlx_lm.benchmark conventions)."
+
+
+def speed_section(doc: Doc, per_recipe: dict, recipes: list, level: int, reference: str = "float") -> bool:
+    """Rows = (context, PP | TG | memory), one column per recipe; then the depth sweep (llama-bench -d)
+    with each recipe's ratio to the reference. One table per hardware / exec mode."""
+    drawn = False
+    for hardware, group in speed_groups(per_recipe, recipes):
+        parsed = {n: {row[0]: row for row in speed_rows(per_recipe[n].summary)} for n in group}
+        names = [n for n in group if parsed.get(n)]
+        rows = _sweep_rows({n: parsed[n] for n in names}, names, _ctx_label,
+                           ((1, "Prefill (PP, tok/s)", "{:.1f}", True), (2, "Generation (TG, tok/s)", "{:.1f}", True),
+                            (3, "Peak memory (GB)", "{:.2f}", False)), None)
+        # keyed by (depth, pp): prompts of different lengths are different measurements, never one row
+        depths = {n: {(row[0], row[4]): row for row in depth_rows(per_recipe[n].summary)} for n in group}
+        depth_names = [n for n in group if depths.get(n)]
+        if not rows and not depth_names:
+            continue
+        if not drawn:
+            doc.h(level, "Speed")
+            drawn = True
+        if rows:
+            doc.table(Table(["Context", "", *names], rows, f"Measured on {hardware}. " + _SPEED_LEGEND))
+        if depth_names:
+            ref = reference if reference in depth_names else None
+            one_pp = len({pp for n in depth_names for _, pp in depths[n]}) == 1
+            drows = _sweep_rows({n: depths[n] for n in depth_names}, depth_names,
+                                lambda x: depth_label(x[0], None if one_pp else x[1]),
+                                ((1, lambda x: f"PP tok/s (pp{x[1]})", "{:.1f}", True), (2, "TG tok/s", "{:.1f}", True),
+                                 (3, "Peak memory (GB)", "{:.2f}", False)),
+                                ref)
+            doc.table(Table(["Depth", "", *depth_names], drows,
+                            f"Depth sweep (llama-bench -d), measured on {hardware}: d = tokens already in the KV "
+                            "cache; PP = tok/s of the timed prompt processed on top of them, TG = tok/s generated "
+                            "after it. " + (f"(×r) = ratio to the reference {ref} measured on the same hardware."
+                                            if ref else f"No {reference} (reference) depth sweep on this hardware, "
+                                            "so no ratios.")))
+    return drawn
 
 
 def generic_section(doc: Doc, suite: str, per_recipe: dict, recipes: list, skip: set, level: int):
