@@ -15,7 +15,8 @@ Cost and memory, so it runs at the users' scale:
   during the pass each expert instead multiplies only the tokens routed to it
   (sorted by expert, one BLAS matmul per expert), so a block costs the work it
   really does (top-k of E experts), and the experts are quantize-dequantized once
-  per block;
+  per block; a MoE block's batches hold `batch_tokens / top_k` tokens, so its
+  activations take no more room than a dense block's;
 * resumable: with `partial` the scores so far and the next block's input are
   saved after every block; a killed pass continues from the last finished block.
 
@@ -204,14 +205,15 @@ def _per_expert_matmul(x, weight, indices, bias=None):
     over exactly the rows routed to it."""
     import mlx.core as mx
 
-    batch = np.broadcast_shapes(tuple(x.shape[:-2]), tuple(indices.shape))
+    xbatch = tuple(x.shape[:-2])
+    batch = np.broadcast_shapes(xbatch, tuple(indices.shape))
     m, d = x.shape[-2:]
-    xb = mx.broadcast_to(x, (*batch, m, d)).reshape(-1, m, d)
-    idx = np.array(indices).reshape(-1) if indices.shape == batch else \
-        np.broadcast_to(np.array(indices), batch).reshape(-1)
+    idx = np.broadcast_to(np.array(indices), batch).reshape(-1)
     order = np.argsort(idx, kind="stable")
     counts = np.bincount(idx, minlength=weight.shape[0])
-    xs = xb[mx.array(order.astype(np.int32))]
+    # the row of x behind each (token, expert slot): one gather, no broadcast copy of x
+    src = np.broadcast_to(np.arange(int(np.prod(xbatch)), dtype=np.int64).reshape(xbatch), batch).reshape(-1)
+    xs = x.reshape(-1, m, d)[mx.array(src[order].astype(np.int32))]
     outs, start = [], 0
     for e, c in enumerate(counts):
         if c == 0:
@@ -219,6 +221,7 @@ def _per_expert_matmul(x, weight, indices, bias=None):
         seg = xs[start:start + c].reshape(-1, d) @ weight[e].T
         if bias is not None:
             seg = seg + bias[e]
+        mx.eval(seg)  # now: left lazy, every expert's weight copy (BLAS wants it contiguous) lives at once
         outs.append(seg.reshape(int(c), m, -1))
         start += c
     y = mx.concatenate(outs) if len(outs) > 1 else outs[0]
@@ -244,6 +247,18 @@ def routed_expert_matmuls(enabled: bool = True):
         yield
     finally:
         sl.SwitchLinear.__call__ = original
+
+
+def _experts_per_token(layer) -> int:
+    """Experts each token visits in this block (1 for a dense block). A MoE block's
+    activations are top_k times a dense one's, so its batches are top_k times smaller:
+    the pass's memory stays one block + about `batch_tokens` rows of activations."""
+    for _, module in layer.named_modules():
+        for attr in ("num_experts_per_tok", "top_k", "num_selected_experts"):
+            k = getattr(module, attr, None)
+            if isinstance(k, int) and k > 0:
+                return k
+    return 1
 
 
 # --- widths used while measuring -------------------------------------------------------
@@ -366,7 +381,6 @@ def measure_sensitivity(model, tokens, bits: int, group_size: int = 64, weights_
     x = x.astype(mx.float32)
     mx.eval(x)
     n = x.shape[0]
-    step = max(1, batch_tokens // x.shape[1])
 
     def run(layer, inp, lo, hi):
         a = [_batch_slice(v, n, lo, hi) for v in args]
@@ -384,7 +398,12 @@ def measure_sensitivity(model, tokens, bits: int, group_size: int = 64, weights_
     for i in range(start, len(layers)):
         layer = layers[i]
         own = tree_flatten(layer.parameters())
-        layer.update(tree_unflatten(_working_copy(own, fresh, f"{prefix}.{i}.")))
+        working = _working_copy(own, fresh, f"{prefix}.{i}.")
+        for _, arr in working:  # one tensor at a time: the bf16 source and its fp32 copy never all coexist
+            mx.eval(arr)
+        layer.update(tree_unflatten(working))
+        del working
+        step = max(1, batch_tokens // (_experts_per_token(layer) * x.shape[1]))
         try:
             with routed_expert_matmuls(routed_experts):
                 out_f = []
