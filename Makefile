@@ -44,10 +44,10 @@ GATE_RUN := --recipe uniform4 --recipe oq4 --suite fidelity --limit 8
 gate: setup
 	rm -rf .gate-results
 	$(BIN)/harness run $(GATE_RUN) --out .gate-results --no-progress > .gate-run.log 2>&1 || (cat .gate-run.log; exit 1)
-	$(BIN)/harness gate --baseline results/smollm2-135m --results .gate-results
+	$(BIN)/harness gate --baseline baseline/smollm2-135m --results .gate-results
 
 baseline: setup
-	$(BIN)/harness run $(GATE_RUN) --out results --fresh --no-progress
+	$(BIN)/harness run $(GATE_RUN) --out baseline --fresh --no-progress
 
 clean-cache:
 	rm -rf $${HARNESS_CACHE:-$$HOME/.cache/harness}

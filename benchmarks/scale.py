@@ -1,7 +1,8 @@
 """Memory at scale: plan, build and fidelity on a MiniMax-shaped model larger than the budget.
 
     python benchmarks/scale.py [--layers 8] [--experts 16] [--top-k 8] [--budget 2]
-                               [--seq-len 16] [--limit 8] [--oq4] [--keep] [--workdir DIR]
+                               [--seq-len 16] [--limit 8] [--oq4] [--stages plan,build,fidelity]
+                               [--keep] [--workdir DIR]
 
 Generates `synthetic:minimax-m2.5@0:layers=L,experts=E` (MiniMax-M2.5's real per-layer
 shapes: hidden 3072, 48/8 heads, expert FFN 1536, vocab 200,064; bf16 shards, >= 6 GB
@@ -102,6 +103,9 @@ def main() -> int:
     ap.add_argument("--oq4", action="store_true", help="also plan oq4 (a calibration pass over the model)")
     ap.add_argument("--kill-gb", type=float, default=8.0, help="stop a stage whose RSS passes this")
     ap.add_argument("--oq4-timeout", type=float, default=900, help="stop the oq4 plan after this many seconds")
+    ap.add_argument("--stages", default="plan,build,fidelity",
+                    help="comma list of plan,build,fidelity to run (generation always runs; it is cached "
+                         "with --workdir/--keep)")
     ap.add_argument("--workdir", help="where the private cache goes (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the generated model and artifacts")
     args = ap.parse_args()
@@ -122,19 +126,24 @@ def main() -> int:
             return 1
         size = dir_bytes(src)
         rows.append(gen)
+        stages = set(args.stages.split(","))
         recipes = ["uniform4"] + (["oq4"] if args.oq4 else [])
-        for recipe in recipes:
+        for recipe in recipes if "plan" in stages else []:
+            for f in (work / "cache" / "plans").glob("*"):  # measure the pass, not a cached plan/sensitivity
+                f.unlink()
             rows.append(stage(f"plan {recipe}", [*HARNESS, "plan", "--model", spec, "--recipe", recipe],
                               env, args.kill_gb, log, args.oq4_timeout if recipe == "oq4" else 1e9))
-        rows.append(stage("build uniform4", [*HARNESS, "build", "--model", spec, "--recipe", "uniform4"],
-                          env, args.kill_gb, log))
-        rows.append(stage("build float (link)", [*HARNESS, "build", "--model", spec, "--recipe", "float"],
-                          env, args.kill_gb, log))
-        rows.append(stage(f"fidelity (budget {args.budget:g} GB)",
-                          [*HARNESS, "run", "--model", spec, "--recipe", "uniform4", "--suite", "fidelity",
-                           "--limit", str(args.limit), "--opt", f"seq_len={args.seq_len}",
-                           "--memory-budget", str(args.budget), "--out", str(work / "results")],
-                          env, args.kill_gb, log))
+        if "build" in stages:
+            rows.append(stage("build uniform4", [*HARNESS, "build", "--model", spec, "--recipe", "uniform4"],
+                              env, args.kill_gb, log))
+            rows.append(stage("build float (link)", [*HARNESS, "build", "--model", spec, "--recipe", "float"],
+                              env, args.kill_gb, log))
+        if "fidelity" in stages:
+            rows.append(stage(f"fidelity (budget {args.budget:g} GB)",
+                              [*HARNESS, "run", "--model", spec, "--recipe", "uniform4", "--suite", "fidelity",
+                               "--limit", str(args.limit), "--opt", f"seq_len={args.seq_len}",
+                               "--memory-budget", str(args.budget), "--out", str(work / "results")],
+                              env, args.kill_gb, log))
         result = next((work / "results").rglob("fidelity.json"), None)
         summary = json.loads(result.read_text()) if result else None
     finally:
