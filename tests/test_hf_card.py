@@ -165,15 +165,26 @@ def test_card_bad_input_exit_2(card_results, tmp_path, capsys, case):
 
 
 def test_floor_and_chance_notes():
+    """The card states the same floor rule as run/report/gate (harness.report.floor), from the
+    metric declarations stored with the result; a lower-is-better rate at 0 is the best score,
+    not a floor."""
+    from harness.suite import MetricSpec
+
+    specs = {"acc": MetricSpec("acc", True, "proportion", chance=0.25),
+             "score": MetricSpec("score", True, "points", chance=0.0),
+             "fffd_rate": MetricSpec("fffd_rate", False, "proportion", chance=0.0)}
+
     def ref(suite, summary):
-        return SuiteResult(model="m", recipe="float", suite=suite, summary=summary)
+        return SuiteResult(model="m", recipe="float", suite=suite, summary=summary,
+                           metrics=tuple(specs[k] for k in summary if k in specs))
 
     k, n = 26, 100
-    assert "at chance" in _floor_note("mmlu", "acc", ref("mmlu", {"acc": k / n, "acc_ci95": list(wilson_ci(k, n)),
-                                                                  "n": n}))
+    note = _floor_note("mmlu", "acc", ref("mmlu", {"acc": k / n, "acc_ci95": list(wilson_ci(k, n)), "n": n}))
+    assert "includes chance (25.0 %)" in note and "cannot rank recipes" in note and "gated" not in note
     assert _floor_note("mmlu", "acc", ref("mmlu", {"acc": 0.6, "acc_ci95": list(wilson_ci(60, 100)), "n": 100})) is None
-    assert "at the floor" in _floor_note("reasoning", "score", ref("reasoning", {"score": 0.0, "n": 4}))
+    assert "near the floor" in _floor_note("reasoning", "score", ref("reasoning", {"score": 4.1, "n": 20}))
     assert _floor_note("reasoning", "score", ref("reasoning", {"score": 55.0, "n": 4})) is None
+    assert _floor_note("unicode", "fffd_rate", ref("unicode", {"fffd_rate": 0.0, "n": 50})) is None
 
 
 def test_card_of_a_model_without_hub_id(card_results, tmp_path, capsys):

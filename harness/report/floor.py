@@ -36,11 +36,12 @@ def _spec_of(result, metric):
     return next((m for m in getattr(result, "metrics", None) or () if m.name == metric), None)
 
 
-def floor_effect(reference_result, metric_spec) -> Optional[str]:
+def floor_effect(reference_result, metric_spec, gated: bool = True) -> Optional[str]:
     """One line when the reference's score on this metric cannot rank recipes, else None.
 
     reference_result: a SuiteResult (summary, suite, recipe); metric_spec: a MetricSpec
-    (or a metric name looked up in the result's declarations)."""
+    (or a metric name looked up in the result's declarations); gated: end the line with
+    "not gated" (run, report, gate) or not (a model card has no gate)."""
     spec = _spec_of(reference_result, metric_spec)
     if spec is None or spec.higher_is_better is not True:
         return None
@@ -65,8 +66,9 @@ def floor_effect(reference_result, metric_spec) -> Optional[str]:
     what = "chance" if chance > 0 else "the floor"
     why = f"its 95 % CI includes {what} ({level})" if at_chance else f"near {what} ({level})"
     who = getattr(reference_result, "recipe", "reference")
+    tail = f"; {spec.name} is not gated." if gated else "."
     return (f"{reference_result.suite} {spec.name}: the reference ({who}) scores {shown}, {why}: this suite "
-            f"cannot rank recipes on this model; {spec.name} is not gated.")
+            f"cannot rank recipes on this model{tail}")
 
 
 def floor_effects(reference_result) -> list:

@@ -34,10 +34,8 @@ from harness.report.render import Doc, Table, render_markdown
 from harness.report.tables import (DEDICATED, _vs_float_suffix, benchmark_metrics, depth_label, depth_rows,
                                    diffs_vs_float, fidelity_section, speed_groups, speed_rows, _ctx_label)
 from harness.report.quant_details import load_plan, quantization_rows, source_info
-from harness.stats import wilson_ci
-from harness.suite import chance_level, split_result_name
+from harness.report.floor import floor_effect
 
-CHANCE = {"mmlu": 0.25, "arc_challenge": 0.25, "arc_easy": 0.25, "hellaswag": 0.25}  # 4-way multiple choice
 
 
 @dataclass
@@ -119,36 +117,10 @@ def _artifact_source(result) -> Optional[str]:
         return None
 
 
-def _chance(suite: str, metric: str, ref, info) -> Optional[float]:
-    """The metric's chance level: the result's own (summary["chance"] or its MetricSpec,
-    harness.suite.chance_level), else 4-way multiple choice for the suites named in CHANCE."""
-    spec = next((m for m in ref.metrics or () if m.name == metric), None)
-    chance = chance_level(spec, ref.summary) if spec is not None else None
-    if chance is None and isinstance(ref.summary.get("chance"), (int, float)):
-        chance = ref.summary["chance"]  # a plain number: one level for the whole result
-    if chance is None and info.kind == "fraction":
-        chance = CHANCE.get(split_result_name(suite)[0])  # mmlu@omlx: still 4-way
-    return chance
-
-
 def _floor_note(suite: str, metric: str, ref) -> Optional[str]:
-    """When the reference itself scores at chance or at the floor, the suite cannot rank recipes."""
-    value, info = ref.summary.get(metric), info_of(ref, metric)
-    ci = ci95(ref.summary, metric)
-    if not isinstance(value, (int, float)):
-        return None
-    if ci is None and info.kind == "fraction" and isinstance(ref.summary.get("n"), int) and ref.summary["n"] > 0:
-        ci = wilson_ci(round(value * ref.summary["n"]), ref.summary["n"])
-    chance = _chance(suite, metric, ref, info)
-    if isinstance(chance, (int, float)) and ci and ci[0] <= chance <= ci[1]:
-        return (f"{suite} {metric}: the reference ({ref.recipe}) scores at chance ({fmt_value(value, info)}, its "
-                f"95 % CI includes the chance level {fmt_value(chance, info)}), so this benchmark cannot rank "
-                "recipes on this model.")
-    floor = value <= (0.02 if info.kind == "fraction" else 2.0 if info.kind == "points" else -1)
-    if floor:
-        return (f"{suite} {metric}: the reference ({ref.recipe}) scores at the floor ({fmt_value(value, info)}), "
-                "so this benchmark cannot rank recipes on this model.")
-    return None
+    """When the reference itself scores at chance or at the floor, the suite cannot rank recipes
+    (the same rule and words as `harness run`, report and gate: harness.report.floor)."""
+    return floor_effect(ref, metric, gated=False)
 
 
 def _diffs_vs(by_suite: dict, names: list, reference: str) -> dict:
