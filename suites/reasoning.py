@@ -34,6 +34,7 @@ Grade table and the failed-criteria table that `harness run` prints.
 
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, Optional
 
 from tabulate import tabulate
@@ -45,7 +46,7 @@ from harness.stats import bootstrap_ci, wilson_ci
 from harness.suite import MetricSpec, Suite, SuiteContext
 from harness.suites.reasoning_answer import short, truncate_after_final
 from harness.suites.reasoning_judge import JudgeClient
-from harness.suites.reasoning_questionnaire import SEVERITIES, Questionnaire, load_questionnaire
+from harness.suites.reasoning_questionnaire import DATA_FILE, SEVERITIES, Questionnaire, load_questionnaire
 from harness.suites.reasoning_rubric import grade_answer
 
 GRADE_BANDS = ((95.0, "S"), (90.0, "A+"), (80.0, "A"), (70.0, "B"), (60.0, "C"))
@@ -356,4 +357,6 @@ class ReasoningSuite(Suite):
 
     def data_info(self, ctx: SuiteContext) -> dict:
         qn = self._questionnaire(ctx)
-        return {"source": str(qn.path), "sha256": qn.sha256, "version": qn.version, "questions": len(qn.questions)}
+        # the built-in file by name, not by this checkout's path (results travel between machines)
+        source = f"built-in {qn.path.name}" if Path(qn.path).resolve() == DATA_FILE.resolve() else str(qn.path)
+        return {"source": source, "sha256": qn.sha256, "version": qn.version, "questions": len(qn.questions)}

@@ -786,7 +786,7 @@ def test_items_interleave_categories_and_limit():
     assert len(all_items) == len(QN.questions) and len({i["id"] for i in all_items}) == len(all_items)
     assert all("FINAL ANSWER:" in i["prompt"] for i in all_items)
     info = suite.data_info(ctx)
-    assert info["sha256"] and info["questions"] == len(QN.questions) and Path(info["source"]) == DATA_FILE
+    assert info["sha256"] and info["questions"] == len(QN.questions) and info["source"] == f"built-in {DATA_FILE.name}"
 
 
 # ---------------------------------------------------------------------------- judge
