@@ -58,7 +58,8 @@ example-card: setup
 	$(EXAMPLE_RUN) --suite mmlu --limit 200
 	$(EXAMPLE_RUN) --suite reasoning
 	$(EXAMPLE_RUN) --suite unicode
-	$(EXAMPLE_RUN) --suite speed --opt contexts=256,1024 --opt gen_tokens=64 --opt trials=2
+	$(EXAMPLE_RUN) --suite speed --opt contexts=256,1024 --opt depths=0,512 --opt pp=64 --opt gen_tokens=32 \
+	    --opt trials=1 --opt warmup=0
 	$(BIN)/harness card --results $(EXAMPLE)/results --recipe oq4 \
 	    --repo-id example-org/SmolLM2-135M-Instruct-oq4-mlx --out $(EXAMPLE)/README.md
 
