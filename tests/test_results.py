@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_suite_result_round_trip_and_committed_baseline():
-    r = load_result(ROOT / "results" / "smollm2-135m" / "oq4" / "fidelity.json")
+    r = load_result(ROOT / "baseline" / "smollm2-135m" / "oq4" / "fidelity.json")
     assert (r.model, r.recipe, r.suite, r.n_items) == ("smollm2-135m", "oq4", "fidelity", 8)
     assert isinstance(r.artifact, Artifact) and r.artifact.bpw == pytest.approx(4.6998)
     assert r.provenance["limit"] == 8 and len(r.items()) == 8

@@ -297,10 +297,17 @@ def test_rootless_sandbox_as_nobody(tmp_path):  # noqa: C901
     setpriv, python = shutil.which("setpriv"), "/usr/bin/python3"
     if os.geteuid() != 0 or not setpriv or not os.path.exists(python):
         pytest.skip("needs root (to become nobody), setpriv and /usr/bin/python3")
+    # nobody cannot enter a checkout under a 0700 dir (mktemp -d, pytest's tmp): give it a readable copy
+    import tempfile
+
+    readable = Path(tempfile.mkdtemp(prefix="harness-nobody-", dir="/tmp"))
+    shutil.copytree(REPO / "harness", readable / "harness", ignore=shutil.ignore_patterns("__pycache__"))
+    for d in [readable, *readable.rglob("*")]:
+        d.chmod(0o755 if d.is_dir() else 0o644)
     script = tmp_path / "rootless.py"
     script.write_text(
         "import os, sys\n"
-        f"sys.path.insert(0, {str(REPO)!r})\n"
+        f"sys.path.insert(0, {str(readable)!r})\n"
         "from harness.runtime.sandbox import JudgeSpec, isolation, level_of, run_judged, run_python\n"
         "print('layers', isolation())\n"
         "if level_of(isolation()) != 'namespaces':\n"
@@ -319,8 +326,11 @@ def test_rootless_sandbox_as_nobody(tmp_path):  # noqa: C901
         "r = run_python(hostile, python_guard=False)\n"
         "print('checks', r.status, r.stderr_tail[-300:].replace(chr(10), ' '))\n"
     )
-    proc = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", python, "-I",
-                           "-c", script.read_text()], capture_output=True, text=True, timeout=120, cwd="/")
+    try:
+        proc = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", python, "-I",
+                               "-c", script.read_text()], capture_output=True, text=True, timeout=120, cwd="/")
+    finally:
+        shutil.rmtree(readable, ignore_errors=True)
     if proc.returncode == 3:
         pytest.skip(f"the kernel gives no unprivileged user namespaces here ({proc.stdout.strip()}); "
                     "code suites would refuse without --opt allow_unsafe=true")
