@@ -28,7 +28,7 @@ from harness.cache import atomic_write_text
 from harness.errors import HarnessError
 from harness.plan import Plan
 from harness.report.card import _equal_size_notes, compared_metrics, provenance_section
-from harness.report.compare import compare_metric, delta_text, latest_by_key, load_results, recipe_order
+from harness.report.compare import delta_text, latest_by_key, load_results, recipe_order
 from harness.report.metrics import ci95, fmt_ci, fmt_value, info_of, metric_info, metric_label, p_eq
 from harness.report.render import Doc, Table, render_markdown
 from harness.report.tables import (DEDICATED, _vs_float_suffix, benchmark_metrics, depth_label, depth_rows,
@@ -121,22 +121,6 @@ def _floor_note(suite: str, metric: str, ref) -> Optional[str]:
     """When the reference itself scores at chance or at the floor, the suite cannot rank recipes
     (the same rule and words as `harness run`, report and gate: harness.report.floor)."""
     return floor_effect(ref, metric, gated=False)
-
-
-def _diffs_vs(by_suite: dict, names: list, reference: str) -> dict:
-    out = {}
-    for suite, per_recipe in by_suite.items():
-        ref = per_recipe.get(reference)
-        if ref is None:
-            continue
-        for metric in compared_metrics(suite, per_recipe):
-            for name in names:
-                r = per_recipe.get(name)
-                if r is not None and name != reference:
-                    d = compare_metric(metric, ref, r)
-                    if d is not None:
-                        out[(suite, metric, name)] = d
-    return out
 
 
 def _label(name: str, target: str, reference: str) -> str:
@@ -315,7 +299,7 @@ def build_card(opts: CardOptions) -> str:
     # reference first, the other recipes by size, this model last
     columns = ([opts.reference] if has_ref else []) + [n for n in recipes if n not in (opts.reference, opts.recipe)]
     columns.append(opts.recipe)
-    diffs = _diffs_vs(by_suite, columns, opts.reference)
+    diffs = diffs_vs_float(by_suite, columns, lambda suite: compared_metrics(suite, by_suite[suite]), opts.reference)
 
     repo = opts.repo_id or f"ORG/{(base or model).split('/')[-1]}-{opts.recipe}-mlx"
     bpw = plan.bpw if plan else target.artifact.get("bpw")

@@ -106,17 +106,23 @@ def quantization_section(doc: Doc, results: list, recipes: list, level: int):
                     "weights (the number model cards quote); mlx-lm bpw counts every stored array."))
 
 
-def _vs_float_suffix(d: Optional[Diff]) -> str:
+def _diff_suffix(d: Optional[Diff], flips: str, with_p: bool) -> str:
+    """' (a↓ b↑, *)' after a cell: the flips (`flips` formatted with lost/gained) and
+    the significance mark (with the p-value when `with_p`)."""
     if d is None:
         return ""
     if d.settings:
         return " (other settings)"
     parts = []
     if d.lost is not None:
-        parts.append(f"{d.lost}↓ {d.gained}↑")
+        parts.append(flips.format(lost=d.lost, gained=d.gained))
     if d.p is not None:
-        parts.append("*" if d.significant() else "n.s.")
+        parts.append(("*" if d.significant() else "n.s.") + (f" p={d.p:.2g}" if with_p else ""))
     return f" ({', '.join(parts)})" if parts else ""
+
+
+def _vs_float_suffix(d: Optional[Diff]) -> str:
+    return _diff_suffix(d, "{lost}↓ {gained}↑", with_p=False)
 
 
 def diffs_vs_float(by_suite: dict, recipes: list, metrics_of: Callable, reference: str = "float") -> dict:
@@ -170,16 +176,7 @@ def health_metrics(per_recipe: dict) -> list:
 
 
 def _health_suffix(d: Optional[Diff]) -> str:
-    if d is None:
-        return ""
-    if d.settings:
-        return " (other settings)"
-    parts = []
-    if d.lost is not None:
-        parts.append(f"+{d.lost} new, {d.gained} gone")
-    if d.p is not None:
-        parts.append(("*" if d.significant() else "n.s.") + f" p={d.p:.2g}")
-    return f" ({', '.join(parts)})" if parts else ""
+    return _diff_suffix(d, "+{lost} new, {gained} gone", with_p=True)
 
 
 def health_section(doc: Doc, by_suite: dict, recipes: list, level: int, reference: str = "float") -> dict:

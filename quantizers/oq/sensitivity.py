@@ -67,6 +67,14 @@ def qdq(w, bits: int, group_size: int, mode: str = "affine"):
     return mx.dequantize(wq, scales, rest[0] if rest else None, group_size=group_size, bits=bits, mode=mode)
 
 
+def _module_at(model, path: str):
+    """The object at dotted `path` ("model.layers", "model.layers.0"); "" is the model."""
+    obj = model
+    for part in path.split(".") if path else []:
+        obj = obj[int(part)] if isinstance(obj, list) else getattr(obj, part)
+    return obj
+
+
 def decoder_layers(model) -> tuple:
     """(layers list, dotted path of the list) of an mlx-lm model."""
     layers = getattr(model, "layers", None)
@@ -78,10 +86,7 @@ def decoder_layers(model) -> tuple:
     for path, module in model.named_modules():
         if module is layers[0]:
             prefix = path.rsplit(".", 1)[0]
-            real = model  # `model.layers` may be a slice (pipeline models): use the list itself
-            for part in prefix.split("."):
-                real = real[int(part)] if isinstance(real, list) else getattr(real, part)
-            return real, prefix
+            return _module_at(model, prefix), prefix  # `model.layers` may be a slice (pipeline models)
     raise HarnessError(f"cannot locate the decoder layers of {type(model).__name__}; use uniformN")
 
 
@@ -130,10 +135,7 @@ def _token_embedding(model, prefix: str) -> Optional[tuple]:
         return None
     path = max(found, key=lambda pm: pm[1].weight.shape[0])[0]
     parent_path, _, attr = path.rpartition(".")
-    parent = model
-    for part in parent_path.split(".") if parent_path else []:
-        parent = parent[int(part)] if isinstance(parent, list) else getattr(parent, part)
-    return parent, attr, path
+    return _module_at(model, parent_path), attr, path
 
 
 def _rows_embedding(weights_dir: Path, path: str, fallback):
